@@ -1,0 +1,75 @@
+"""Reading an audit log back: records one at a time, and a simple filter.
+
+Reading does not check the hash chain (that is `verify`'s job); it only refuses lines
+that are not JSON records, naming the line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from firewall.audit.writer import AuditLogError
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield each record of the log in file order. Raises AuditLogError at a line that
+    is not a JSON object (a torn last line included)."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, 1):
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                torn = "" if line.endswith(b"\n") else " (torn: no newline at the end)"
+                raise AuditLogError(f"{os.fspath(path)}:{number}: not valid JSON{torn}: {exc}") from None
+            if not isinstance(record, dict):
+                raise AuditLogError(f"{os.fspath(path)}:{number}: not a JSON object")
+            yield record
+
+
+def query(
+    records: Iterable[dict[str, Any]],
+    agent: str | None = None,
+    action: str | None = None,
+    rule: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The records that match every filter given.
+
+    agent: the record's `agent`, `source_agent` or `target_agent`.
+    action: the record's `action`.
+    rule: the record's `rule`, an entry of its `rules` list, or the `rule` of one of
+    its `findings` (the decision's blocking rule or any rule that fired).
+    """
+    for record in records:
+        if agent is not None and agent not in (
+            record.get("agent"),
+            record.get("source_agent"),
+            record.get("target_agent"),
+        ):
+            continue
+        if action is not None and record.get("action") != action:
+            continue
+        if rule is not None and rule not in _rules_of(record):
+            continue
+        yield record
+
+
+def _rules_of(record: dict[str, Any]) -> set[str]:
+    rules: set[str] = set()
+    for key in ("rule", "blocking_rule"):
+        if isinstance(record.get(key), str):
+            rules.add(record[key])
+    listed = record.get("rules")
+    if isinstance(listed, list):
+        rules.update(item for item in listed if isinstance(item, str))
+    findings = record.get("findings")
+    if isinstance(findings, list):
+        rules.update(
+            finding["rule"]
+            for finding in findings
+            if isinstance(finding, dict) and isinstance(finding.get("rule"), str)
+        )
+    return rules

@@ -1,0 +1,103 @@
+"""What one audit record says about one inspected direction of an exchange.
+
+Message texts are not copied into the log: a record names the rules that fired, their
+scores and the offsets of what they matched, which is what a reviewer needs to find the
+span again without the log becoming a second copy of every secret it caught.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from firewall.model import Decision, Exchange, Finding
+
+
+def finding_record(finding: Finding) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": finding.rule, "action": str(finding.action), "mode": str(finding.mode)}
+    if finding.detector is not None:
+        record["detector"] = finding.detector
+        record["score"] = round(finding.score or 0.0, 6)
+    if finding.scores:
+        record["scores"] = {name: round(value, 6) for name, value in finding.scores.items()}
+    if finding.spans:
+        record["spans"] = [
+            {"message": span.message, "part": span.part, "start": span.start, "end": span.end, "label": span.label}
+            for span in finding.spans
+        ]
+    if finding.tags:
+        record["tags"] = list(finding.tags)
+    return record
+
+
+def exchange_record(
+    exchange: Exchange,
+    decision: Decision,
+    *,
+    policy_name: str,
+    policy_sha256: str,
+    identified_by: str | None,
+    timings: dict[str, float],
+    status: int | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "exchange": exchange.id,
+        "direction": str(exchange.direction),
+        "agent": exchange.agent,
+        "identified_by": identified_by,
+        "source": exchange.source_agent,
+        "target": exchange.target_agent,
+        "route": exchange.route,
+        "provider": exchange.provider,
+        "model": exchange.model,
+        "stream": exchange.stream,
+        "messages": len(exchange.messages),
+        "roles": [message.role for message in exchange.messages],
+        "action": str(decision.action),
+        "intended": str(decision.intended),
+        "rules": [finding_record(finding) for finding in decision.findings],
+        "tags": list(decision.tags),
+        "policy": {"name": policy_name, "sha256": policy_sha256},
+        "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
+    }
+    if decision.blocking_rule:
+        record["blocking_rule"] = decision.blocking_rule
+        record["reason"] = decision.reason
+    if decision.rewrites:
+        record["redacted_parts"] = len(decision.rewrites)
+    if status is not None:
+        record["status"] = status
+    if note:
+        record["note"] = note
+    return record
+
+
+def event_record(
+    exchange_id: str,
+    *,
+    event: str,
+    agent: str | None,
+    route: str | None,
+    status: int,
+    error: str,
+    policy_name: str,
+    policy_sha256: str,
+    direction: str = "request",
+    action: str = "block",
+) -> dict[str, Any]:
+    """A record for an exchange that never became inspectable (malformed body, upstream
+    down, body too large): the refusal is evidence too."""
+    return {
+        "exchange": exchange_id,
+        "direction": direction,
+        "event": event,
+        "agent": agent,
+        "route": route,
+        "action": action,
+        "intended": action,
+        "status": status,
+        "error": error,
+        "rules": [],
+        "tags": [],
+        "policy": {"name": policy_name, "sha256": policy_sha256},
+    }

@@ -1,0 +1,375 @@
+"""The engine: `Engine(policy).inspect(exchange) -> Decision`. No sockets, no files.
+
+How a policy is evaluated (the README documents this for policy authors):
+
+1. Only the rules whose `direction` and agent scope (`agents`, `from`, `to`) match the
+   exchange take part.
+2. A rule that looks only at who is talking (no `match`, and an `if:` that uses no
+   message variable) is decided once for the exchange.
+3. Every other rule is decided for every message of the exchange, every role, in file
+   order. A rule fires on a message when every condition it gives holds. When an `allow`
+   rule fires on a message, the rules after it are not evaluated for that message.
+4. The findings combine: the most severe enforced action wins (block > redact > tag >
+   allow), tags accumulate, redactions from every enforced redact rule are applied
+   together. Monitor-mode findings are recorded but change nothing.
+
+A message's result depends only on its content and the exchange's context, so it is
+remembered: history that an agent resends every turn costs a hash lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from firewall.detectors import DetectorResult, Match
+from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Rewrite, Span
+from firewall.policy.compiler import CompiledRule, Policy
+
+# A rule that fired on one message: where (part, start, end, label) and how strongly.
+_PartSpan = tuple[int, int, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    rule: int  # position in Policy.rules
+    spans: tuple[_PartSpan, ...]
+    scores: tuple[tuple[str, float], ...]
+
+
+class _Failure(Exception):
+    def __init__(self, detector: str, error: Exception) -> None:
+        super().__init__(f"detector {detector!r} failed: {type(error).__name__}: {error}")
+        self.detector = detector
+
+
+class Engine:
+    """Decides exchanges under one compiled policy. Create a new engine for a new policy."""
+
+    def __init__(self, policy: Policy, *, memo_size: int = 50_000) -> None:
+        self.policy = policy
+        self._rules = {direction: policy.rules_for(direction) for direction in Direction}
+        self._memo: dict[tuple[bytes, tuple[Any, ...]], tuple[_Hit, ...]] = {}
+        self._memo_size = memo_size
+
+    def inspect(self, exchange: Exchange) -> Decision:
+        rules = [rule for rule in self._rules[exchange.direction] if _in_scope(rule, exchange)]
+        if not rules:
+            return self._decide(exchange, [], [])
+        context = _exchange_context(exchange)
+        hits: list[tuple[int, _Hit]] = []  # (message index or -1, hit)
+        failures: list[_Failure] = []
+
+        for rule in rules:
+            if not rule.per_message and (rule.condition is None or _truthy(rule.condition.execute(context))):
+                hits.append((-1, _Hit(rule.index, (), ())))
+
+        message_rules = tuple(rule for rule in rules if rule.per_message)
+        if message_rules:
+            key_context = (exchange.direction, exchange.agent, exchange.source_agent, exchange.target_agent,
+                           exchange.model, exchange.provider, exchange.route)
+            pending: list[tuple[int, tuple[bytes, tuple[Any, ...]]]] = []
+            for index, message in enumerate(exchange.messages):
+                key = (_digest(message), key_context)
+                remembered = self._memo.get(key)
+                if remembered is None:
+                    pending.append((index, key))
+                else:
+                    hits.extend((index, hit) for hit in remembered)
+            if pending:
+                messages = [exchange.messages[index] for index, _ in pending]
+                try:
+                    results = self._evaluate(messages, message_rules, context)
+                except _Failure as failure:
+                    failures.append(failure)
+                    results = None
+                if results is not None:
+                    for (index, key), message_hits in zip(pending, results, strict=True):
+                        self._remember(key, message_hits)
+                        hits.extend((index, hit) for hit in message_hits)
+        return self._decide(exchange, hits, failures)
+
+    # -- evaluation -------------------------------------------------------------------
+
+    def _evaluate(self, messages: Sequence[Message], rules: Sequence[CompiledRule], context: dict[str, Any]) -> list[tuple[_Hit, ...]]:
+        """Decide `rules` on each message; detectors are run once, batched, over every
+        part of every message."""
+        texts = [part.text for message in messages for part in message.parts]
+        patterns = self.policy.patterns.score(texts)
+        detector_names = sorted(set().union(*(rule.detectors for rule in rules)))
+        detector_results: dict[str, list[DetectorResult]] = {}
+        for name in detector_names:
+            detector_results[name] = self._score(name, texts)
+
+        out: list[tuple[_Hit, ...]] = []
+        offset = 0
+        for message in messages:
+            count = len(message.parts)
+            view = _MessageView(
+                self.policy,
+                message,
+                patterns[offset : offset + count],
+                {name: results[offset : offset + count] for name, results in detector_results.items()},
+            )
+            offset += count
+            out.append(tuple(view.evaluate(rules, context)))
+        return out
+
+    def _score(self, name: str, texts: list[str]) -> list[DetectorResult]:
+        detector = self.policy.detectors[name]
+        try:
+            return detector.score(texts)
+        except Exception as error:  # noqa: BLE001 - any detector failure is a decision input
+            if self.policy.detector_on_error.get(name, "block") == "allow":
+                return [DetectorResult() for _ in texts]
+            raise _Failure(name, error) from error
+
+    def _remember(self, key: tuple[bytes, tuple[Any, ...]], hits: tuple[_Hit, ...]) -> None:
+        if len(self._memo) >= self._memo_size:
+            # Dicts keep insertion order: drop the oldest eighth at once.
+            for stale in list(self._memo)[: self._memo_size // 8 or 1]:
+                del self._memo[stale]
+        self._memo[key] = hits
+
+    # -- combining --------------------------------------------------------------------
+
+    def _decide(self, exchange: Exchange, hits: list[tuple[int, _Hit]], failures: list[_Failure]) -> Decision:
+        policy = self.policy
+        by_rule: dict[int, list[tuple[int, _Hit]]] = {}
+        for message_index, hit in hits:
+            by_rule.setdefault(hit.rule, []).append((message_index, hit))
+
+        findings: list[Finding] = []
+        for rule_index in sorted(by_rule):
+            rule = policy.rules[rule_index]
+            spans: list[Span] = []
+            scores: dict[str, float] = {}
+            for message_index, hit in by_rule[rule_index]:
+                spans.extend(Span(message_index, part, start, end, label) for part, start, end, label in hit.spans)
+                for name, value in hit.scores:
+                    scores[name] = max(value, scores.get(name, 0.0))
+            top = max(scores.items(), key=lambda item: item[1]) if scores else None
+            findings.append(Finding(
+                rule=rule.id,
+                action=rule.action,
+                mode=rule.mode,
+                detector=top[0] if top else None,
+                score=top[1] if top else None,
+                spans=tuple(spans),
+                scores=scores,
+                tags=rule.tags,
+                message=rule.message or rule.description,
+            ))
+        for failure in failures:
+            findings.append(Finding(
+                rule=f"detector-error:{failure.detector}",
+                action=Action.BLOCK,
+                mode=Mode.ENFORCE,
+                detector=failure.detector,
+                message=str(failure),
+            ))
+
+        enforced = [finding for finding in findings if finding.mode is Mode.ENFORCE]
+        action = max((finding.action for finding in enforced), key=lambda a: a.severity, default=Action.ALLOW)
+        intended = max((finding.action for finding in findings), key=lambda a: a.severity, default=Action.ALLOW)
+        tags = tuple(dict.fromkeys(tag for finding in enforced if finding.action is Action.TAG for tag in finding.tags))
+        decision = Decision(action=action, intended=intended, mode=policy.defaults.mode, findings=tuple(findings), tags=tags)
+        if action is Action.BLOCK:
+            blocker = next(finding for finding in enforced if finding.action is Action.BLOCK)
+            rule = next((r for r in policy.rules if r.id == blocker.rule), None)
+            return _replace(decision, blocking_rule=blocker.rule, reason=blocker.message,
+                            respond=rule.respond if rule else "error")
+        if action is Action.REDACT:
+            redactions = [finding for finding in enforced if finding.action is Action.REDACT]
+            return _replace(decision, rewrites=_rewrites(exchange, redactions, policy))
+        return decision
+
+
+class _MessageView:
+    """One message with its detector results: what the rules and CEL functions see."""
+
+    def __init__(self, policy: Policy, message: Message, patterns: Sequence[DetectorResult],
+                 detectors: dict[str, list[DetectorResult]]) -> None:
+        self.policy = policy
+        self.message = message
+        self.patterns = patterns
+        self.detectors = detectors
+
+    def evaluate(self, rules: Sequence[CompiledRule], context: dict[str, Any]) -> list[_Hit]:
+        hits: list[_Hit] = []
+        for rule in rules:
+            hit = self._decide(rule, context)
+            if hit is not None:
+                hits.append(hit)
+                if rule.action is Action.ALLOW:
+                    break
+        return hits
+
+    def _decide(self, rule: CompiledRule, context: dict[str, Any]) -> _Hit | None:
+        if rule.roles is not None and self.message.role not in rule.roles:
+            return None
+        spans: list[_PartSpan] = []
+        for kind, names in (("list", rule.lists), ("regex", rule.patterns)):
+            if names:
+                found = self._matches({f"{kind}:{name}" for name in names})
+                if not found:
+                    return None
+                spans.extend(found)
+        if rule.near is not None:
+            found = self._near(rule.near.list, rule.near.words, rule.near.within)
+            if not found:
+                return None
+            spans.extend(found)
+        scores: list[tuple[str, float]] = []
+        for name, threshold in rule.thresholds:
+            over = [(part, 0, len(self.message.parts[part].text), name)
+                    for part, result in enumerate(self.detectors[name]) if result.scores.get(name, 0.0) >= threshold]
+            if not over:
+                return None
+            spans.extend(over)
+        if rule.condition is not None:
+            recorded: list[_PartSpan] = []
+            if not _truthy(rule.condition.execute(self._cel_context(rule, context, recorded))):
+                return None
+            spans.extend(recorded)
+        for name in rule.detectors:
+            scores.append((name, self._score(name)))
+        return _Hit(rule.index, tuple(dict.fromkeys(spans)), tuple(scores))
+
+    def _score(self, name: str) -> float:
+        return max((result.scores.get(name, 0.0) for result in self.detectors[name]), default=0.0)
+
+    def _matches(self, labels: set[str]) -> list[_PartSpan]:
+        return [(part, match.start, match.end, match.label.split(":", 1)[1])
+                for part, result in enumerate(self.patterns) for match in result.matches if match.label in labels]
+
+    def _near(self, list_name: str, words: Sequence[str], within: int) -> list[_PartSpan]:
+        found: list[_PartSpan] = []
+        for part_index, part in enumerate(self.message.parts):
+            matches: tuple[Match, ...] = self.policy.patterns.near(part.text, list_name, tuple(words), int(within))
+            found.extend((part_index, m.start, m.end, list_name) for m in matches)
+        return found
+
+    def _cel_context(self, rule: CompiledRule, context: dict[str, Any], recorded: list[_PartSpan]) -> dict[str, Any]:
+        variables = rule.condition_variables
+        ctx = {name: value for name, value in context.items() if name in variables}
+        if "message" in variables or "text" in variables:
+            text = self.message.text
+            ctx["text"] = text
+            ctx["message"] = {
+                "role": self.message.role,
+                "text": text,
+                "name": self.message.name or "",
+                "tools": [call.name for call in self.message.tool_calls],
+                "kinds": sorted({str(part.kind) for part in self.message.parts}),
+            }
+        if "scores" in variables:
+            ctx["scores"] = {name: self._score(name) for name in self.detectors}
+        if "lists" in variables:
+            found = {match.label for result in self.patterns for match in result.matches}
+            ctx["lists"] = {name: f"list:{name}" in found for name in self.policy.patterns.list_names}
+
+        def record(spans: list[_PartSpan]) -> bool:
+            recorded.extend(spans)
+            return bool(spans)
+
+        ctx["mentions"] = lambda name: record(self._matches({f"list:{name}"}))
+        ctx["pattern"] = lambda name: record(self._matches({f"regex:{name}"}))
+        ctx["near"] = lambda name, words, within: record(self._near(name, list(words), int(within)))
+        return ctx
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _in_scope(rule: CompiledRule, exchange: Exchange) -> bool:
+    speaker = exchange.source_agent if exchange.direction is Direction.REQUEST else exchange.agent
+    listener = exchange.agent if exchange.direction is Direction.REQUEST else exchange.target_agent
+    return (
+        (rule.agents is None or exchange.agent in rule.agents)
+        and (rule.from_agents is None or speaker in rule.from_agents)
+        and (rule.to_agents is None or listener in rule.to_agents)
+    )
+
+
+def _exchange_context(exchange: Exchange) -> dict[str, Any]:
+    if exchange.direction is Direction.RESPONSE:
+        source = {"agent": exchange.agent or "", "kind": "model"}
+    else:
+        source = {"agent": exchange.source_agent or "", "kind": "agent" if exchange.source_agent else "client"}
+    return {
+        "direction": str(exchange.direction),
+        "agent": exchange.agent or "",
+        "source": source,
+        "target": {"agent": exchange.target_agent or ""},
+        "model": exchange.model or "",
+        "provider": exchange.provider,
+        "route": exchange.route,
+    }
+
+
+def _digest(message: Message) -> bytes:
+    digest = hashlib.blake2b(message.role.encode(), digest_size=16)
+    for part in message.parts:
+        digest.update(b"\x00")
+        digest.update(part.kind.encode())
+        digest.update(b"\x01")
+        digest.update(part.text.encode("utf-8", "surrogatepass"))
+    return digest.digest()
+
+
+def _truthy(value: Any) -> bool:
+    return value is True
+
+
+def _replace(decision: Decision, **changes: Any) -> Decision:
+    from dataclasses import replace
+
+    return replace(decision, **changes)
+
+
+def _rewrites(exchange: Exchange, findings: Sequence[Finding], policy: Policy) -> tuple[Rewrite, ...]:
+    templates = {rule.id: rule.replacement for rule in policy.rules}
+    per_part: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
+    for finding in findings:
+        template = templates.get(finding.rule, policy.defaults.redact_with)
+        for span in finding.spans:
+            label = span.label or finding.rule
+            text = _format(template, label=label, rule=finding.rule)
+            per_part.setdefault((span.message, span.part), []).append((span.start, span.end, text))
+    rewrites: list[Rewrite] = []
+    for (message_index, part_index), spans in sorted(per_part.items()):
+        if message_index < 0:
+            continue
+        part = exchange.messages[message_index].parts[part_index]
+        rewrites.append(Rewrite(part.path, _redact(part.text, spans)))
+    return tuple(rewrites)
+
+
+def _format(template: str, **values: str) -> str:
+    try:
+        return template.format(kind=values["label"], **values)
+    except (KeyError, IndexError, ValueError):
+        return template
+
+
+def _redact(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """Replace each span; overlapping spans merge and take the first replacement."""
+    merged: list[list[Any]] = []
+    for start, end, replacement in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end, replacement])
+    out, cursor = [], 0
+    for start, end, replacement in merged:
+        out.append(text[cursor:start])
+        out.append(replacement)
+        cursor = end
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+__all__ = ["Engine"]

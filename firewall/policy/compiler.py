@@ -1,0 +1,280 @@
+"""Compiling a validated policy into rules the engine runs.
+
+Everything that can be wrong with a policy beyond its shape is found here, before the
+policy is used: a CEL expression that does not compile or names an unknown variable, a
+regex RE2 rejects, a list or detector that does not exist, a duplicate rule id. Each
+mistake is reported with its place in the file, and all of them at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import cel
+
+from firewall.detectors import CachedDetector, Detector, PatternError, PatternSet, build_detector, compile_regex
+from firewall.model import Action, Direction, Mode
+from firewall.policy.errors import PolicyError, PolicyProblem
+from firewall.policy.loader import PolicySource
+from firewall.policy.schema import AgentSpec, Defaults, NearSpec, PolicySpec, PolicyTest
+
+# The names a CEL condition can use. Message-level names change with each message;
+# the others are the same for every message of an exchange.
+MESSAGE_VARIABLES = frozenset({"message", "text", "scores", "lists"})
+EXCHANGE_VARIABLES = frozenset({"direction", "agent", "source", "target", "model", "provider", "route"})
+CEL_FUNCTIONS = frozenset({"mentions", "near", "pattern"})
+KNOWN_DETECTORS = frozenset({"toxicity"})
+
+_MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+_SCORE_REFERENCE = re.compile(r"\bscores\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+
+
+class CompiledRule(NamedTuple):
+    """One rule, ready to run: an immutable spec with the condition compiled."""
+
+    id: str
+    index: int
+    description: str | None
+    directions: frozenset[Direction]
+    from_agents: frozenset[str] | None
+    to_agents: frozenset[str] | None
+    agents: frozenset[str] | None
+    roles: frozenset[str] | None
+    lists: tuple[str, ...]
+    patterns: tuple[str, ...]
+    near: NearSpec | None
+    thresholds: tuple[tuple[str, float], ...]
+    condition: cel.Program | None
+    condition_variables: frozenset[str]
+    detectors: frozenset[str]
+    action: Action
+    tags: tuple[str, ...]
+    replacement: str
+    mode: Mode
+    respond: str
+    message: str | None
+    # False for a rule that looks only at who is talking, not at what is said: it is
+    # decided once per exchange, not once per message.
+    per_message: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A compiled policy. Immutable: a reload builds a new one and swaps it in."""
+
+    name: str
+    sha256: str
+    path: str
+    defaults: Defaults
+    rules: tuple[CompiledRule, ...]
+    patterns: PatternSet
+    detectors: dict[str, Detector]
+    detector_on_error: dict[str, str]
+    agents: dict[str, AgentSpec]
+    tests: tuple[PolicyTest, ...]
+    spec: PolicySpec = field(repr=False)
+
+    def rules_for(self, direction: Direction) -> tuple[CompiledRule, ...]:
+        return tuple(rule for rule in self.rules if direction in rule.directions)
+
+
+def compile_policy(source: PolicySource) -> Policy:
+    problems: list[PolicyProblem] = []
+    spec, where = source.spec, source.source_map
+
+    patterns = _compile_patterns(spec, where, problems)
+    detectors: dict[str, Detector] = {}
+    on_error: dict[str, str] = {}
+    for name, detector_spec in spec.detectors.items():
+        try:
+            detectors[name] = CachedDetector(build_detector(name, detector_spec.model_dump(exclude={"on_error"})))
+        except (ValueError, ImportError) as error:
+            problems.append(where.problem(("detectors", name), str(error)))
+            continue
+        on_error[name] = detector_spec.on_error or spec.defaults.on_error
+
+    rules: list[CompiledRule] = []
+    seen: dict[str, int] = {}
+    for index, rule_spec in enumerate(spec.rules):
+        loc = ("rules", index)
+        if rule_spec.id in seen:
+            problems.append(where.problem((*loc, "id"), f"duplicate rule id {rule_spec.id!r} (first used by rules[{seen[rule_spec.id]}])"))
+        seen.setdefault(rule_spec.id, index)
+        rule = _compile_rule(index, rule_spec, spec, where, problems)
+        if rule is None:
+            continue
+        for name in sorted(rule.detectors - detectors.keys()):
+            if name in KNOWN_DETECTORS:
+                # A detector used but not configured runs with its defaults.
+                detectors[name] = CachedDetector(build_detector(name, {}))
+                on_error[name] = spec.defaults.on_error
+            else:
+                problems.append(where.problem(loc, f"unknown detector {name!r}: declare it under 'detectors' (known: {', '.join(sorted(KNOWN_DETECTORS))})"))
+        rules.append(rule)
+
+    for index, test in enumerate(spec.tests):
+        for rule_id in _expected_rules(test):
+            if rule_id not in seen:
+                problems.append(where.problem(("tests", index, "expect"), f"the test expects rule {rule_id!r}, which the policy does not define"))
+
+    if problems:
+        raise PolicyError(problems)
+    return Policy(
+        name=spec.name,
+        sha256=source.sha256,
+        path=source.path,
+        defaults=spec.defaults,
+        rules=tuple(rules),
+        patterns=patterns,
+        detectors=detectors,
+        detector_on_error=on_error,
+        agents=dict(spec.agents),
+        tests=tuple(spec.tests),
+        spec=spec,
+    )
+
+
+def _expected_rules(test: PolicyTest) -> Iterator[str]:
+    if test.expect.rule:
+        yield test.expect.rule
+    yield from test.expect.rules or ()
+
+
+def _compile_patterns(spec: PolicySpec, where: Any, problems: list[PolicyProblem]) -> PatternSet:
+    regexes: dict[str, str] = {}
+    for name, pattern in spec.patterns.items():
+        try:
+            compile_regex(name, pattern)
+        except PatternError as error:
+            problems.append(where.problem(("patterns", name), str(error)))
+            continue
+        regexes[name] = pattern
+    for name, terms in spec.lists.items():
+        if not terms:
+            problems.append(where.problem(("lists", name), "an empty list matches nothing"))
+    try:
+        return PatternSet(lists=dict(spec.lists), regexes=regexes)
+    except PatternError as error:
+        problems.append(where.problem(("lists",), str(error)))
+        return PatternSet(lists={}, regexes={})
+
+
+def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems: list[PolicyProblem]) -> CompiledRule | None:
+    loc: tuple[str | int, ...] = ("rules", index)
+    before = len(problems)
+    match = rule.match
+    lists = tuple(match.lists or ()) if match else ()
+    patterns = tuple(match.patterns or ()) if match else ()
+    for position, name in enumerate(lists):
+        if name not in spec.lists:
+            problems.append(where.problem((*loc, "match", "lists", position), f"unknown list {name!r}"))
+    for position, name in enumerate(patterns):
+        if name not in spec.patterns:
+            problems.append(where.problem((*loc, "match", "patterns", position), f"unknown pattern {name!r}"))
+    if match and match.near and match.near.list not in spec.lists:
+        problems.append(where.problem((*loc, "match", "near", "list"), f"unknown list {match.near.list!r}"))
+
+    detectors = set((match.scores or {}).keys()) if match else set()
+    program, variables = None, frozenset[str]()
+    if rule.if_ is not None:
+        program, variables = _compile_condition(rule.if_, (*loc, "if"), spec, where, problems)
+        detectors |= {a or b for a, b in _SCORE_REFERENCE.findall(rule.if_)}
+
+    if rule.action.kind is Action.TAG and not rule.action.tags:
+        problems.append(where.problem((*loc, "action"), "a tag action names its tag: {tag: name}"))
+    if rule.respond == "refusal" and rule.action.kind is not Action.BLOCK:
+        problems.append(where.problem((*loc, "respond"), "'respond' only applies to a block action"))
+    if len(problems) > before:
+        return None
+
+    directions = frozenset(Direction) if rule.direction == "both" else frozenset({Direction(rule.direction)})
+    return CompiledRule(
+        id=rule.id,
+        index=index,
+        description=rule.description,
+        directions=directions,
+        from_agents=frozenset(rule.from_) if rule.from_ is not None else None,
+        to_agents=frozenset(rule.to) if rule.to is not None else None,
+        agents=frozenset(rule.agents) if rule.agents is not None else None,
+        roles=frozenset(match.roles) if match and match.roles else None,
+        lists=lists,
+        patterns=patterns,
+        near=match.near if match else None,
+        thresholds=tuple(sorted((match.scores or {}).items())) if match else (),
+        condition=program,
+        condition_variables=variables,
+        detectors=frozenset(detectors),
+        action=rule.action.kind,
+        tags=rule.action.tags,
+        replacement=rule.action.replacement or spec.defaults.redact_with,
+        mode=rule.mode or spec.defaults.mode,
+        respond=rule.respond,
+        message=rule.message,
+        per_message=bool(
+            lists or patterns or (match and (match.near or match.roles)) or detectors
+            or variables & MESSAGE_VARIABLES
+            or (program is not None and set(program.functions()) & CEL_FUNCTIONS)
+        ),
+    )
+
+
+def expression_problems(document: Any, where: Any) -> list[PolicyProblem]:
+    """Regexes RE2 rejects and CEL that does not parse, read from a document whose shape
+    may be wrong elsewhere."""
+    problems: list[PolicyProblem] = []
+    patterns = document.get("patterns") if isinstance(document, dict) else None
+    for name, pattern in (patterns or {}).items() if isinstance(patterns, dict) else ():
+        if isinstance(pattern, str):
+            try:
+                compile_regex(name, pattern)
+            except PatternError as error:
+                problems.append(where.problem(("patterns", name), str(error)))
+    rules = document.get("rules") if isinstance(document, dict) else None
+    for index, rule in enumerate(rules if isinstance(rules, list) else ()):
+        expression = rule.get("if") if isinstance(rule, dict) else None
+        if isinstance(expression, str):
+            try:
+                cel.compile(expression)
+            except (ValueError, RuntimeError) as error:
+                problems.append(where.problem(("rules", index, "if"), f"invalid CEL expression: {_first_line(error)}"))
+    return problems
+
+
+def _compile_condition(
+    expression: str, loc: tuple[str | int, ...], spec: PolicySpec, where: Any, problems: list[PolicyProblem]
+) -> tuple[cel.Program | None, frozenset[str]]:
+    try:
+        program = cel.compile(expression)
+    except (ValueError, RuntimeError) as error:
+        problems.append(where.problem(loc, f"invalid CEL expression: {_first_line(error)}"))
+        return None, frozenset()
+    bound = set(_MACRO_VARIABLE.findall(expression))
+    variables = frozenset(program.variables()) - bound
+    unknown = variables - MESSAGE_VARIABLES - EXCHANGE_VARIABLES
+    if unknown:
+        known = ", ".join(sorted(MESSAGE_VARIABLES | EXCHANGE_VARIABLES))
+        problems.append(where.problem(loc, f"unknown variable {', '.join(sorted(unknown))} in CEL expression (known: {known})"))
+        return None, frozenset()
+    for name in _MENTIONED_LISTS.findall(expression):
+        if name not in spec.lists:
+            problems.append(where.problem(loc, f"unknown list {name!r} in CEL expression"))
+    for name in _MENTIONED_PATTERNS.findall(expression):
+        if name not in spec.patterns:
+            problems.append(where.problem(loc, f"unknown pattern {name!r} in CEL expression"))
+    return program, variables
+
+
+_MENTIONED_LISTS = re.compile(r"\b(?:mentions|near)\s*\(\s*['\"]([^'\"]+)['\"]")
+_MENTIONED_PATTERNS = re.compile(r"\bpattern\s*\(\s*['\"]([^'\"]+)['\"]")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    match = re.search(r"ERROR: <input>:(\d+:\d+): (.*)", text)
+    return f"{match.group(2)} (at {match.group(1)} of the expression)" if match else text.splitlines()[0]
+
+
+__all__ = ["CompiledRule", "Policy", "PolicyError", "compile_policy"]

@@ -1,0 +1,170 @@
+"""The policy file's schema: what a security team writes, validated by pydantic.
+
+Every model forbids unknown fields, so a typo is a load error with its line and column,
+never a rule that silently does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from firewall.model import Action, Mode
+
+RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    mode: Mode = Mode.ENFORCE
+    on_error: Literal["block", "allow"] = "block"
+    # What to do with a route no wire format understands: refuse it, or forward it
+    # uninspected (the audit record says so).
+    unknown_routes: Literal["refuse", "forward"] = "refuse"
+    redact_with: str = "[REDACTED:{label}]"
+
+
+class AgentMatch(_Strict):
+    header: dict[str, str] | None = None
+    path_prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_match(self) -> AgentMatch:
+        if self.header is None and self.path_prefix is None:
+            raise ValueError("an agent match needs 'header' or 'path_prefix'")
+        return self
+
+
+class AgentSpec(_Strict):
+    description: str | None = None
+    match: AgentMatch | None = None
+
+
+class DetectorSpec(_Strict):
+    backend: str = "embedded"
+    on_error: Literal["block", "allow"] | None = None
+
+
+class NearSpec(_Strict):
+    list: str
+    words: list[str] = Field(min_length=1)
+    within: int = Field(default=6, ge=1, le=100)
+
+
+class MatchSpec(_Strict):
+    """Structured conditions. Each key given must hold (they are ANDed); inside a key,
+    any entry is enough (any list, any pattern)."""
+
+    lists: list[str] | None = None
+    patterns: list[str] | None = None
+    near: NearSpec | None = None
+    scores: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
+    roles: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MatchSpec:
+        if not any(v is not None for v in (self.lists, self.patterns, self.near, self.scores, self.roles)):
+            raise ValueError("an empty match matches everything; remove it or give a condition")
+        return self
+
+
+class ActionSpec(_Strict):
+    """The normalised action. In YAML an action is a word (`block`) or a one-key map:
+    `{tag: ai-to-ai}`, `{tag: [a, b]}`, `{redact: "[{label}]"}`."""
+
+    kind: Action
+    tags: tuple[str, ...] = ()
+    replacement: str | None = None
+
+
+def _parse_action(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"kind": value}
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, arg),) = value.items()
+        if kind == "tag":
+            return {"kind": "tag", "tags": [arg] if isinstance(arg, str) else arg}
+        if kind == "redact":
+            return {"kind": "redact", "replacement": arg}
+        if kind in ("allow", "block") and arg in (None, {}):
+            return {"kind": kind}
+        raise ValueError(f"unknown action {kind!r}: expected allow, tag, redact or block")
+    if isinstance(value, dict) and "kind" in value:
+        return value
+    raise ValueError("an action is one of allow, tag, redact, block, or a map such as {tag: name} or {redact: '[{label}]'}")
+
+
+class RuleSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    id: str = Field(pattern=RULE_ID_PATTERN)
+    description: str | None = None
+    direction: Literal["request", "response", "both"] = "both"
+    from_: list[str] | None = Field(default=None, alias="from")
+    to: list[str] | None = None
+    agents: list[str] | None = None
+    match: MatchSpec | None = None
+    if_: str | None = Field(default=None, alias="if")
+    action: ActionSpec
+    mode: Mode | None = None
+    respond: Literal["error", "refusal"] = "error"
+    message: str | None = None
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, value: Any) -> Any:
+        return _parse_action(value)
+
+    @model_validator(mode="after")
+    def _has_condition_or_scope(self) -> RuleSpec:
+        if self.match is None and self.if_ is None and not (self.from_ or self.to or self.agents):
+            raise ValueError("a rule needs a condition: 'match', 'if', or an agent scope ('from', 'to', 'agents')")
+        return self
+
+
+class TestMessage(_Strict):
+    role: str = "user"
+    content: str
+
+
+class TestExpect(_Strict):
+    action: Action
+    rule: str | None = None
+    rules: list[str] | None = None
+    tags: list[str] | None = None
+    redacted: str | None = None  # the first matching part's text after redaction
+
+
+class PolicyTest(_Strict):
+    __test__ = False  # not a pytest class
+
+    name: str
+    request: str | list[TestMessage] | None = None
+    response: str | None = None
+    agent: str | None = None
+    source: str | None = None
+    target: str | None = None
+    expect: TestExpect
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PolicyTest:
+        if (self.request is None) == (self.response is None):
+            raise ValueError("a test gives exactly one of 'request' or 'response'")
+        return self
+
+
+class PolicySpec(_Strict):
+    version: Literal[1]
+    name: str
+    description: str | None = None
+    defaults: Defaults = Defaults()
+    agents: dict[str, AgentSpec] = {}
+    lists: dict[str, list[str]] = {}
+    patterns: dict[str, str] = {}
+    detectors: dict[str, DetectorSpec] = {}
+    rules: list[RuleSpec] = []
+    tests: list[PolicyTest] = []

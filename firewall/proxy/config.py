@@ -1,0 +1,49 @@
+"""The proxy's settings, validated at the boundary (CLI flags or code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+
+
+class ProxyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Upstreams come from configuration only, never from the request (no SSRF).
+    upstreams: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_UPSTREAMS))
+    audit_log: Path | None = None
+    agent_header: str = "X-Agent-Id"
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, upstreams: dict[str, str]) -> dict[str, str]:
+        for name, url in upstreams.items():
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"upstream {name!r}: {url!r} is not an http(s) URL")
+            if parts.query or parts.fragment:
+                raise ValueError(f"upstream {name!r}: {url!r} must not have a query or fragment")
+        return {name: url.rstrip("/") for name, url in upstreams.items()}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_upstream(value: str) -> tuple[str, str]:
+    name, sep, url = value.partition("=")
+    if not sep or not name or not url:
+        raise ValueError(f"--upstream {value!r}: expected NAME=URL, e.g. openai=https://api.openai.com")
+    return name, url

@@ -1,0 +1,299 @@
+"""The reverse proxy: HTTP in, Exchange to the engine, Decision back out as HTTP.
+
+The listener is thin on purpose: it knows nothing of any provider's body shapes (the
+wire formats do) and nothing of the rules (the engine does). Every path through it, the
+refusals included, writes an audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from firewall.agents import Identity, IdentityError, IdentityResolver
+from firewall.audit.record import event_record, exchange_record
+from firewall.engine import Engine
+from firewall.model import Action, Decision, Direction, Exchange
+from firewall.policy import Policy
+from firewall.protocols import BodyShapeError, WireFormat, wire_format_for_path
+from firewall.protocols.anthropic_messages import AnthropicMessages
+from firewall.protocols.openai_chat import OpenAIChat
+from firewall.proxy.config import ProxyConfig
+
+TAGS_HEADER = "X-Firewall-Tags"
+EXCHANGE_HEADER = "X-Firewall-Exchange-Id"
+
+# Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded;
+# Content-Length is recomputed for whatever body is sent.
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+})
+# The upstream's response body reaches the client decoded (it had to be, to be inspected).
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-encoding"}
+
+_OPENAI = OpenAIChat()
+_ANTHROPIC = AnthropicMessages()
+
+
+class AuditSink:
+    """What the proxy needs of an audit log; `AuditWriter` is one, a list is another."""
+
+    def write(self, record: dict[str, Any]) -> Any: ...
+
+
+@dataclass
+class _Call:
+    """One call through the proxy, gathered as it goes, for the audit record."""
+
+    id: str
+    identity: Identity | None = None
+    wire: WireFormat | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+
+class Firewall:
+    """The proxy application. `app` is the aiohttp application to serve."""
+
+    def __init__(self, config: ProxyConfig, policy: Policy, audit: AuditSink | None = None) -> None:
+        self.config = config
+        self.engine = Engine(policy)
+        self.audit = audit
+        self.identities = IdentityResolver(policy.agents, header=config.agent_header)
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self.app = web.Application(client_max_size=config.max_body_bytes)
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.app.on_cleanup.append(self._close_sessions)
+
+    @property
+    def policy(self) -> Policy:
+        return self.engine.policy
+
+    # -- the one handler ------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        call = _Call(id="ex_" + os.urandom(12).hex())
+        guess = _guess_wire(request.path)
+        try:
+            call.identity = self.identities.resolve(request.path, request.headers)
+        except IdentityError as error:
+            return self._refuse(call, guess, 400, str(error), event="bad_identity")
+        identity = call.identity
+        wire = wire_format_for_path(identity.path) if request.method == "POST" else None
+        if wire is None:
+            return await self._unknown_route(request, call, guess)
+        call.wire = wire
+
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            return self._refuse(call, wire, 415, "compressed request bodies are not accepted; send the body uncompressed",
+                                event="unsupported_encoding")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._refuse(call, wire, 413, f"request body is larger than the firewall's limit of {self.config.max_body_bytes} bytes",
+                                event="body_too_large")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            return self._refuse(call, wire, 400, f"malformed JSON body: {error}", event="malformed_json")
+        try:
+            parsed = wire.parse_request(body)
+        except BodyShapeError as error:
+            return self._refuse(call, wire, 400, f"unsupported {wire.name} request body: {error}", event="bad_body_shape")
+
+        exchange = Exchange(
+            id=call.id, direction=Direction.REQUEST, provider=wire.provider, route=wire.name,
+            messages=parsed.messages, model=parsed.model, agent=identity.agent, source_agent=identity.source,
+            target_agent=identity.target, stream=parsed.stream, body=body, raw=raw,
+        )
+        decision = self._inspect(call, exchange)
+        if decision.action is Action.BLOCK:
+            return self._blocked(call, wire, exchange, decision)
+        if decision.rewrites:
+            raw = orjson.dumps(wire.apply_rewrites(body, decision.rewrites))
+        return await self._forward(request, call, wire, exchange, raw)
+
+    # -- inspection -----------------------------------------------------------------
+
+    def _inspect(self, call: _Call, exchange: Exchange, *, status: int | None = None) -> Decision:
+        started = time.perf_counter()
+        decision = self.engine.inspect(exchange)
+        call.timings[f"inspect_{exchange.direction}"] = time.perf_counter() - started
+        if decision.action is not Action.BLOCK:
+            call.tags.extend(tag for tag in decision.tags if tag not in call.tags)
+        self._record(exchange_record(
+            exchange, decision, policy_name=self.policy.name, policy_sha256=self.policy.sha256,
+            identified_by=call.identity.how if call.identity else None,
+            timings=dict(call.timings), status=status,
+        ))
+        return decision
+
+    def _record(self, record: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.write(record)
+
+    # -- answers --------------------------------------------------------------------
+
+    def _blocked(self, call: _Call, wire: WireFormat, exchange: Exchange, decision: Decision) -> web.Response:
+        rule = decision.blocking_rule or "policy"
+        reason = f": {decision.reason}" if decision.reason else ""
+        if decision.respond == "refusal":
+            text = f"This message was blocked by agent-firewall (rule {rule}){reason}."
+            body = wire.refusal_body(text, model=exchange.model, request=exchange.body)
+            if exchange.stream:
+                return self._respond(call, 200, wire.render_stream(body), content_type="text/event-stream")
+            return self._respond(call, 200, orjson.dumps(body))
+        message = f"blocked by agent-firewall: rule {rule}{reason} (exchange {call.id})"
+        return self._respond(call, 403, orjson.dumps(wire.error_body(403, message, code="firewall_blocked")))
+
+    def _refuse(self, call: _Call, wire: WireFormat, status: int, message: str, *, event: str,
+                direction: str = "request") -> web.Response:
+        identity = call.identity
+        self._record(event_record(
+            call.id, event=event, agent=identity.agent if identity else None, route=wire.name, status=status,
+            error=message, policy_name=self.policy.name, policy_sha256=self.policy.sha256, direction=direction,
+        ))
+        return self._respond(call, status, orjson.dumps(wire.error_body(status, f"agent-firewall: {message}")))
+
+    def _respond(self, call: _Call, status: int, body: bytes, *, content_type: str = "application/json",
+                 headers: Iterable[tuple[str, str]] = ()) -> web.Response:
+        out = CIMultiDict(headers)
+        out[EXCHANGE_HEADER] = call.id
+        if call.tags:
+            out[TAGS_HEADER] = ",".join(call.tags)
+        if "Content-Type" not in out:
+            out["Content-Type"] = content_type
+        return web.Response(status=status, body=body, headers=out)
+
+    # -- upstream -------------------------------------------------------------------
+
+    async def _forward(self, request: web.Request, call: _Call, wire: WireFormat, exchange: Exchange,
+                       body: bytes) -> web.Response:
+        upstream = self.config.upstreams.get(wire.provider)
+        if upstream is None:
+            return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
+        url = upstream + _upstream_path(call.identity, request)
+        started = time.perf_counter()
+        try:
+            async with self._session(wire.provider).post(
+                url, data=body, headers=_forward_headers(request.headers), allow_redirects=False,
+            ) as upstream_response:
+                data = await upstream_response.read()
+                status = upstream_response.status
+                response_headers = upstream_response.headers
+        except asyncio.TimeoutError:
+            return self._refuse(call, wire, 504, f"the {wire.provider} upstream did not answer in time",
+                                event="upstream_timeout", direction="response")
+        except aiohttp.ClientError as error:
+            return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
+                                event="upstream_unreachable", direction="response")
+        call.timings["upstream"] = time.perf_counter() - started
+        return self._inspect_response(call, wire, exchange, status, response_headers, data)
+
+    def _inspect_response(self, call: _Call, wire: WireFormat, request_exchange: Exchange, status: int,
+                          headers: CIMultiDictProxy[str], data: bytes) -> web.Response:
+        passthrough = [(key, value) for key, value in headers.items() if key.lower() not in _RESPONSE_DROP]
+        content_type = headers.get("Content-Type", "")
+        if status != 200:
+            # Provider errors carry no model output; they pass through, and are recorded.
+            self._record(event_record(
+                call.id, event="upstream_error", agent=request_exchange.agent, route=wire.name, status=status,
+                error=data[:300].decode("utf-8", "replace"), policy_name=self.policy.name,
+                policy_sha256=self.policy.sha256, direction="response", action="allow",
+            ))
+            return self._respond(call, status, data, headers=passthrough)
+        streamed = "text/event-stream" in content_type
+        try:
+            body = wire.parse_stream(data) if streamed else orjson.loads(data)
+            messages = wire.parse_response(body)
+        except (orjson.JSONDecodeError, BodyShapeError) as error:
+            # An answer the firewall cannot read is not released uninspected.
+            return self._refuse(call, wire, 502, f"the {wire.provider} upstream sent a response the firewall cannot inspect: {error}",
+                                event="bad_upstream_response", direction="response")
+        exchange = Exchange(
+            id=call.id, direction=Direction.RESPONSE, provider=wire.provider, route=wire.name, messages=messages,
+            model=body.get("model") if isinstance(body, dict) else request_exchange.model,
+            agent=request_exchange.agent, source_agent=request_exchange.source_agent,
+            target_agent=request_exchange.target_agent, stream=streamed, body=body, raw=data,
+        )
+        decision = self._inspect(call, exchange, status=status)
+        if decision.action is Action.BLOCK:
+            return self._blocked(call, wire, exchange, decision)
+        if decision.rewrites:
+            rewritten = wire.apply_rewrites(body, decision.rewrites)
+            data = wire.render_stream(rewritten) if streamed else orjson.dumps(rewritten)
+        return self._respond(call, 200, data, headers=passthrough)
+
+    async def _unknown_route(self, request: web.Request, call: _Call, wire: WireFormat) -> web.Response:
+        if self.policy.defaults.unknown_routes == "refuse":
+            return self._refuse(call, wire, 404,
+                                f"{request.method} {request.path} is not a route the firewall inspects "
+                                "(inspected: POST /v1/chat/completions, POST /v1/messages); "
+                                "set defaults.unknown_routes: forward in the policy to pass it through uninspected",
+                                event="unknown_route")
+        upstream = self.config.upstreams.get(wire.provider)
+        if upstream is None:
+            return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
+        raw = await request.read()
+        try:
+            async with self._session(wire.provider).request(
+                request.method, upstream + _upstream_path(call.identity, request), data=raw or None,
+                headers=_forward_headers(request.headers), allow_redirects=False,
+            ) as response:
+                data, status = await response.read(), response.status
+                headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP]
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
+                                event="upstream_unreachable", direction="response")
+        self._record(event_record(
+            call.id, event="uninspected_route", agent=call.identity.agent if call.identity else None,
+            route=f"{request.method} {request.path}", status=status, error="forwarded uninspected (defaults.unknown_routes: forward)",
+            policy_name=self.policy.name, policy_sha256=self.policy.sha256, action="allow",
+        ))
+        return self._respond(call, status, data, headers=headers)
+
+    def _session(self, provider: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(provider)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout,
+                                              sock_read=self.config.read_timeout),
+                skip_auto_headers=("User-Agent", "Content-Type"),
+                auto_decompress=True,
+            )
+            self._sessions[provider] = session
+        return session
+
+    async def _close_sessions(self, _app: web.Application) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
+    return [(key, value) for key, value in headers.items() if key.lower() not in _HOP_BY_HOP]
+
+
+def _upstream_path(identity: Identity | None, request: web.Request) -> str:
+    path = identity.path if identity else request.path
+    return f"{path}?{request.query_string}" if request.query_string else path
+
+
+def _guess_wire(path: str) -> WireFormat:
+    """The wire format whose error shape to use for a request it cannot be sure of."""
+    return _ANTHROPIC if "/v1/messages" in path or "/v1/complete" in path else _OPENAI
+
+
+__all__ = ["EXCHANGE_HEADER", "TAGS_HEADER", "AuditSink", "Firewall"]

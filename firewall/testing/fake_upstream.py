@@ -1,0 +1,613 @@
+"""A fake LLM upstream that speaks OpenAI Chat Completions and Anthropic Messages.
+
+The integration tests, the demo and the benchmarks all put the firewall between a real
+SDK client and this server. It answers from a script of reply rules (text, a tool call,
+or an HTTP error, each optionally chosen by a substring of the last user message and
+optionally delayed), streams the way each provider streams, and records every request
+that reached it so a test can assert what the firewall let through.
+
+Controls, in-process: `fake.script([...])`, `fake.add_reply(...)`, `fake.reset()`,
+`fake.received`. Out of process (demo, benchmarks): GET /_fake/requests,
+POST /_fake/script (a JSON list of rules), POST /_fake/reset.
+
+Run it alone with `python -m firewall.testing.fake_upstream --listen 127.0.0.1:9100`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from firewall.testing.servers import ServerThread
+
+_ECHO_LIMIT: Final = 100
+_JSON: Final = "application/json"
+_SSE_HEADERS: Final = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+# One piece per word, whitespace kept with the word that follows it, so the pieces
+# concatenate back to exactly the original text.
+_PIECE: Final = re.compile(r"\s*\S+|\s+$")
+
+
+class Reply(BaseModel):
+    """One scripted reply rule.
+
+    A rule is an error reply (`status`, optional `error` message) or a completion:
+    `text`, a tool call (`tool` name + `arguments`), or both. A rule with neither is the
+    default echo reply (useful with `delay`). `when` restricts the rule to requests
+    whose last user-side message contains that substring; `times` makes the rule
+    expire after that many uses (a tool call first, then the final answer).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    when: str | None = None
+    text: str | None = None
+    tool: str | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    status: int | None = Field(default=None, ge=400, le=599)
+    error: str | None = None
+    delay: float = Field(default=0.0, ge=0.0)
+    chunk_delay: float = Field(default=0.0, ge=0.0)
+    times: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Reply:
+        if self.status is not None and (self.text is not None or self.tool is not None):
+            raise ValueError("a reply is either an error (status) or a completion (text/tool), not both")
+        if self.error is not None and self.status is None:
+            raise ValueError("'error' needs a 'status'")
+        if self.arguments and self.tool is None:
+            raise ValueError("'arguments' needs a 'tool' name")
+        return self
+
+
+RuleLike = Reply | Mapping[str, Any] | str
+_RULES: Final = TypeAdapter(list[Reply])
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRequest:
+    """A request as it reached the upstream. Header names are lower-cased."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any  # the parsed body, or None when it was not JSON
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "headers": self.headers,
+            "body": self.body.decode("utf-8", errors="replace"),
+            "json": self.json,
+        }
+
+
+class FakeUpstream:
+    """The fake provider. Mount `.app` in a `ServerThread` (or use `run_fake_upstream`)."""
+
+    def __init__(self, rules: Iterable[RuleLike] = (), *, keep: int | None = None) -> None:
+        """`keep`: remember only the last `keep` requests (a long benchmark run would
+        otherwise hold every body it was sent); None keeps them all."""
+        self._lock = threading.Lock()
+        self._rules: list[Reply] = []
+        self._uses: list[int] = []
+        self._keep = keep
+        self._received: deque[ReceivedRequest] = deque(maxlen=keep)
+        self._ids = itertools.count(1)
+        self.script(rules)
+        self.app = self._build_app()
+
+    # -- controls ------------------------------------------------------------------
+
+    def script(self, rules: Iterable[RuleLike]) -> None:
+        """Replace the script. A rule is a `Reply`, a mapping of its fields, or a text."""
+        parsed = [_to_reply(rule) for rule in rules]
+        with self._lock:
+            self._rules = parsed
+            self._uses = [0] * len(parsed)
+
+    def add_reply(
+        self,
+        text: str | None = None,
+        *,
+        when: str | None = None,
+        tool: str | None = None,
+        arguments: Mapping[str, Any] | None = None,
+        status: int | None = None,
+        error: str | None = None,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        times: int | None = None,
+    ) -> Reply:
+        """Append one rule (after the existing ones: the first matching rule wins)."""
+        reply = Reply(
+            when=when,
+            text=text,
+            tool=tool,
+            arguments=dict(arguments or {}),
+            status=status,
+            error=error,
+            delay=delay,
+            chunk_delay=chunk_delay,
+            times=times,
+        )
+        with self._lock:
+            self._rules.append(reply)
+            self._uses.append(0)
+        return reply
+
+    def reset(self) -> None:
+        """Forget the script and the received requests."""
+        with self._lock:
+            self._rules = []
+            self._uses = []
+            self._received = deque(maxlen=self._keep)
+
+    @property
+    def received(self) -> list[ReceivedRequest]:
+        """A snapshot of every request received so far (control routes excluded)."""
+        with self._lock:
+            return list(self._received)
+
+    def clear_received(self) -> None:
+        with self._lock:
+            self._received = deque(maxlen=self._keep)
+
+    # -- choosing a reply ----------------------------------------------------------
+
+    def _choose(self, user_text: str) -> Reply | None:
+        with self._lock:
+            for index, rule in enumerate(self._rules):
+                if rule.times is not None and self._uses[index] >= rule.times:
+                    continue
+                if rule.when is None or rule.when in user_text:
+                    self._uses[index] += 1
+                    return rule
+        return None
+
+    def _record(self, request: web.Request, body: bytes, parsed: Any) -> None:
+        received = ReceivedRequest(
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            headers={name.lower(): value for name, value in request.headers.items()},
+            body=body,
+            json=parsed,
+        )
+        with self._lock:
+            self._received.append(received)
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # -- HTTP ----------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_get("/_fake/requests", self._get_requests)
+        app.router.add_post("/_fake/script", self._post_script)
+        app.router.add_post("/_fake/reset", self._post_reset)
+        # Anything else is recorded too, so a test can see a request that went astray.
+        app.router.add_route("*", "/{tail:.*}", self._unknown)
+        return app
+
+    async def _read(self, request: web.Request) -> tuple[bytes, Any]:
+        body = await request.read()
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        self._record(request, body, parsed)
+        return body, parsed
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        body, parsed = await self._read(request)
+        return await _OpenAI(self, request, body, parsed).respond()
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        body, parsed = await self._read(request)
+        return await _Anthropic(self, request, body, parsed).respond()
+
+    async def _unknown(self, request: web.Request) -> web.StreamResponse:
+        await self._read(request)
+        return _json_response(
+            _openai_error(404, f"fake upstream has no route {request.method} {request.path}"),
+            status=404,
+        )
+
+    async def _get_requests(self, request: web.Request) -> web.StreamResponse:
+        return _json_response([item.to_json() for item in self.received])
+
+    async def _post_script(self, request: web.Request) -> web.StreamResponse:
+        try:
+            rules = _RULES.validate_json(await request.read())
+        except ValidationError as exc:
+            return _json_response({"error": f"invalid script: {exc}"}, status=400)
+        self.script(rules)
+        return _json_response({"rules": len(rules)})
+
+    async def _post_reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset()
+        return _json_response({"reset": True})
+
+
+# -- the two providers ----------------------------------------------------------------
+
+
+class _Provider:
+    """What both providers share: pick a reply, delay, then answer or stream."""
+
+    messages_key = "messages"
+
+    def __init__(self, fake: FakeUpstream, request: web.Request, raw: bytes, body: Any) -> None:
+        self.fake = fake
+        self.request = request
+        self.raw = raw
+        self.body = body
+        self.number = fake._next_id()
+        self.created = int(time.time())
+        self.user_text = ""
+
+    async def respond(self) -> web.StreamResponse:
+        if not isinstance(self.body, dict):
+            what = "not valid JSON" if self.body is None else "not a JSON object"
+            return _json_response(self.error_body(400, f"request body is {what}"), status=400)
+        self.user_text = _last_user_text(self.body.get(self.messages_key))
+        reply = self.fake._choose(self.user_text)
+        if reply is not None and reply.delay:
+            await asyncio.sleep(reply.delay)
+        if reply is not None and reply.status is not None:
+            message = reply.error or f"scripted error {reply.status}"
+            return _json_response(self.error_body(reply.status, message), status=reply.status)
+        text, tool, arguments = self._content(reply)
+        model = str(self.body.get("model") or "fake-model")
+        if self.body.get("stream") is True:
+            chunk_delay = reply.chunk_delay if reply is not None else 0.0
+            return await self._stream(self.events(model, text, tool, arguments), chunk_delay)
+        return _json_response(self.completion(model, text, tool, arguments))
+
+    def _content(self, reply: Reply | None) -> tuple[str | None, str | None, dict[str, Any]]:
+        if reply is None or (reply.text is None and reply.tool is None):
+            return "ok: " + self.user_text[:_ECHO_LIMIT], None, {}
+        return reply.text, reply.tool, reply.arguments
+
+    async def _stream(self, events: Iterator[bytes], chunk_delay: float) -> web.StreamResponse:
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(self.request)
+        for event in events:
+            await response.write(event)
+            if chunk_delay:
+                await asyncio.sleep(chunk_delay)
+        await response.write_eof()
+        return response
+
+    def prompt_tokens(self) -> int:
+        return max(1, len(self.raw) // 4)  # rough and cheap: the fake need not tokenize
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def completion(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def events(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> Iterator[bytes]:
+        raise NotImplementedError
+
+
+class _OpenAI(_Provider):
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return _openai_error(status, message)
+
+    def _ids(self) -> tuple[str, str]:
+        return f"chatcmpl-fake{self.number:08d}", f"call_fake{self.number:08d}"
+
+    def completion(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> dict[str, Any]:
+        completion_id, call_id = self._ids()
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        if tool is not None:
+            message["tool_calls"] = [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": tool, "arguments": orjson.dumps(arguments).decode()},
+                }
+            ]
+        completion_tokens = _tokens(text, tool, arguments)
+        prompt_tokens = self.prompt_tokens()
+        return {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": "tool_calls" if tool is not None else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": "fp_fake",
+        }
+
+    def events(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> Iterator[bytes]:
+        completion_id, call_id = self._ids()
+        options = self.body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": model,
+            "system_fingerprint": "fp_fake",
+        }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            data: dict[str, Any] = {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+            if include_usage:
+                data["usage"] = None
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+        yield chunk({"role": "assistant", "content": "", "refusal": None})
+        for piece in _pieces(text):
+            yield chunk({"content": piece})
+        if tool is not None:
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {"index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}
+                    ]
+                }
+            )
+            for piece in _pieces(orjson.dumps(arguments).decode()):
+                yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        yield chunk({}, "tool_calls" if tool is not None else "stop")
+        if include_usage:
+            completion_tokens = _tokens(text, tool, arguments)
+            usage = {
+                "prompt_tokens": self.prompt_tokens(),
+                "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens() + completion_tokens,
+            }
+            yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+class _Anthropic(_Provider):
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_ERROR_TYPES.get(status, "api_error"), "message": message},
+            "request_id": f"req_fake{self.number:08d}",
+        }
+
+    def _ids(self) -> tuple[str, str]:
+        return f"msg_fake{self.number:08d}", f"toolu_fake{self.number:08d}"
+
+    def _content_blocks(self, text: str | None, tool: str | None, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if text is not None:
+            blocks.append({"type": "text", "text": text})
+        if tool is not None:
+            blocks.append({"type": "tool_use", "id": self._ids()[1], "name": tool, "input": arguments})
+        return blocks
+
+    def completion(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": self._ids()[0],
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": self._content_blocks(text, tool, arguments),
+            "stop_reason": "tool_use" if tool is not None else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.prompt_tokens(), "output_tokens": _tokens(text, tool, arguments)},
+        }
+
+    def events(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> Iterator[bytes]:
+        message = {
+            "id": self._ids()[0],
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.prompt_tokens(), "output_tokens": 1},
+        }
+        yield _sse("message_start", {"type": "message_start", "message": message})
+        for index, block in enumerate(self._content_blocks(text, tool, arguments)):
+            if block["type"] == "text":
+                start = {"type": "text", "text": ""}
+                deltas = ({"type": "text_delta", "text": piece} for piece in _pieces(block["text"]))
+            else:
+                start = {**block, "input": {}}
+                deltas = (
+                    {"type": "input_json_delta", "partial_json": piece}
+                    for piece in _pieces(orjson.dumps(block["input"]).decode())
+                )
+            yield _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
+            if index == 0:
+                yield _sse("ping", {"type": "ping"})  # the real API pings here; clients must skip it
+            for delta in deltas:
+                yield _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+            yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+        yield _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use" if tool is not None else "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": _tokens(text, tool, arguments)},
+            },
+        )
+        yield _sse("message_stop", {"type": "message_stop"})
+
+
+_OPENAI_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+_ANTHROPIC_ERROR_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _openai_error(status: int, message: str) -> dict[str, Any]:
+    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _to_reply(rule: RuleLike) -> Reply:
+    if isinstance(rule, Reply):
+        return rule
+    if isinstance(rule, str):
+        return Reply(text=rule)
+    return Reply.model_validate(dict(rule))
+
+
+def _json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=_JSON)
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _pieces(text: str | None) -> list[str]:
+    return _PIECE.findall(text) if text else []
+
+
+def _tokens(text: str | None, tool: str | None, arguments: dict[str, Any]) -> int:
+    size = len(text or "") + (len(tool) + len(orjson.dumps(arguments)) if tool is not None else 0)
+    return max(1, size // 4)
+
+
+def _last_user_text(messages: Any) -> str:
+    """The text of the last user-side message: role user, or an OpenAI role tool (a
+    tool result, which Anthropic carries in a user message), so a `when` rule sees the
+    same thing on both providers in a tool loop."""
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") in ("user", "tool"):
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_result":
+            texts.append(_content_text(block.get("content")))
+    return "\n".join(texts)
+
+
+# -- running it --------------------------------------------------------------------------
+
+
+@contextmanager
+def run_fake_upstream(
+    rules: Iterable[RuleLike] = (), *, port: int = 0, keep: int | None = None
+) -> Iterator[tuple[FakeUpstream, ServerThread]]:
+    """A started fake upstream on 127.0.0.1: `with run_fake_upstream() as (fake, srv):`."""
+    fake = FakeUpstream(rules, keep=keep)
+    with ServerThread(fake.app, port=port, name="fake-upstream") as server:
+        yield fake, server
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m firewall.testing.fake_upstream",
+        description="A fake OpenAI/Anthropic upstream for tests, the demo and benchmarks.",
+    )
+    parser.add_argument("--listen", type=_parse_listen, default=("127.0.0.1", 9100), metavar="HOST:PORT")
+    parser.add_argument("--script", type=Path, metavar="FILE.json", help="a JSON list of reply rules")
+    parser.add_argument(
+        "--keep", type=int, default=10_000, metavar="N", help="remember the last N requests (default 10000)"
+    )
+    args = parser.parse_args(argv)
+    rules: list[Reply] = []
+    if args.script is not None:
+        try:
+            rules = _RULES.validate_json(args.script.read_bytes())
+        except (OSError, ValidationError) as exc:
+            parser.error(f"--script {args.script}: {exc}")
+    host, port = args.listen
+    fake = FakeUpstream(rules, keep=args.keep)
+    loop: asyncio.AbstractEventLoop | None = None
+    try:
+        import uvloop  # type: ignore[import-not-found]  # optional: faster as a benchmark upstream
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
+    web.run_app(
+        fake.app,
+        host=host,
+        port=port,
+        access_log=None,
+        loop=loop,
+        print=lambda *_: print(f"fake upstream listening on http://{host}:{port}", flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()
