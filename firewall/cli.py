@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
 import orjson
 
@@ -75,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str, stream: TextIO = sys.stderr) -> int:
-    print(f"agent-firewall: {message}", file=stream)
+def _fail(message: str) -> int:
+    print(f"agent-firewall: {message}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -210,11 +209,14 @@ def _audit_show(args: argparse.Namespace) -> int:
 
 
 def _summary(record: dict) -> str:  # type: ignore[type-arg]
+    """One line per record: when, who (source -> agent), which way, what happened, why."""
+    who = record.get("agent") or "-"
+    if record.get("source"):
+        who = f"{record['source']}->{who}"
     rules = ",".join(rule["id"] for rule in record.get("rules", [])) or "-"
-    what = record.get("event") or f"{record.get('messages', 0)} messages"
-    return (f"{record.get('ts', '')} {record.get('seq', '')!s:>5} {record.get('exchange', '')} "
-            f"{record.get('agent') or '-'} {record.get('direction', '')} {record.get('route', '')} "
-            f"{record.get('action', '')} rules={rules} {what}")
+    detail = record.get("event") or f"{record.get('messages', 0)} msgs"
+    return (f"{record.get('seq', ''):>5} {str(record.get('ts', ''))[:23]} {record.get('exchange', '')} "
+            f"{who:<22} {record.get('direction', ''):<8} {record.get('action', ''):<6} {rules:<36} {detail}")
 
 
 def _demo(args: argparse.Namespace) -> int:

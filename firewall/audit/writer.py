@@ -4,13 +4,10 @@ Like AWS CloudTrail log validation, every record carries the hash of the record 
 it (`prev`) and its own hash (`hash`, SHA-256 of its canonical JSON without `hash`), so
 a changed, deleted, inserted or reordered record breaks the chain (see `verify.py`).
 
-A record goes through a chain of plain callables with structlog's processor signature,
-`(logger, method_name, event_dict) -> event_dict`, ending in a renderer that returns the
-line's bytes. They are ordinary structlog processors (each can be used in a structlog
-configuration, and a structlog processor can join the chain), but the writer runs the
-chain itself: numbering a record and appending its line must happen under one lock,
-and `write()` hands the final record back, neither of which a structlog BoundLogger
-offers without indirection.
+A record goes through structlog: a bound logger whose processors are plain callables,
+`(logger, method_name, event_dict) -> event_dict` (timestamp, secret redaction, the
+hash chain), ending in a renderer that returns the line's bytes, which structlog hands
+to the file sink. Numbering a record and appending its line happen under one lock.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import structlog
 
 try:  # one writer per log file; flock is how we refuse a second one (POSIX only)
     import fcntl
@@ -225,25 +223,29 @@ class AuditWriter:
             self._sink.close()
             raise
         self._chain = HashChain() if last is None else HashChain(last["seq"] + 1, last["hash"])
-        self.processors: list[Processor] = [add_timestamp, redact_secrets, self._chain]
-        self._render = render_jsonl
+        self._written: EventDict = {}
+        self.processors: list[Processor] = [add_timestamp, redact_secrets, self._chain, self._keep, render_jsonl]
+        self._logger = structlog.wrap_logger(
+            self._sink, processors=self.processors, context_class=dict, wrapper_class=structlog.BoundLogger
+        )
         self._closed = False
+
+    def _keep(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        self._written = event_dict
+        return event_dict
 
     def write(self, record: Mapping[str, Any]) -> EventDict:
         """Append one record; return it as written (with ts, seq, prev and hash)."""
-        event: EventDict = dict(record)
         with self._lock:
             if self._closed:
                 raise AuditLogError(f"{self.path}: the audit writer is closed")
             state = self._chain.state
             try:
-                for processor in self.processors:
-                    event = processor(self, "write", event)
-                self._sink.write(self._render(self, "write", event))
+                self._logger.write(**record)
             except BaseException:
                 self._chain.restore(state)
                 raise
-        return event
+            return self._written
 
     @property
     def next_seq(self) -> int:

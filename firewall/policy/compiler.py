@@ -122,6 +122,7 @@ def compile_policy(source: PolicySource) -> Policy:
 
     if problems:
         raise PolicyError(problems)
+    _warm_up(spec, patterns, rules)
     return Policy(
         name=spec.name,
         sha256=source.sha256,
@@ -135,6 +136,28 @@ def compile_policy(source: PolicySource) -> Policy:
         tests=tuple(spec.tests),
         spec=spec,
     )
+
+
+def _warm_up(spec: PolicySpec, patterns: PatternSet, rules: list[CompiledRule]) -> None:
+    """RE2 builds its automata lazily, on the first texts it scans (about 15 ms for a
+    policy's worth of lists). Pay that at load time, not on the first request."""
+    terms = " ".join(term.rstrip("*") for terms in spec.lists.values() for term in terms)
+    texts = [terms, *(_test_texts(spec))]
+    patterns.score(texts)
+    for rule in rules:
+        if rule.near is not None:
+            for text in texts:
+                patterns.near(text, rule.near.list, tuple(rule.near.words), rule.near.within)
+
+
+def _test_texts(spec: PolicySpec) -> Iterator[str]:
+    for test in spec.tests:
+        if isinstance(test.request, list):
+            yield from (message.content for message in test.request)
+        elif test.request is not None:
+            yield test.request
+        if test.response is not None:
+            yield test.response
 
 
 def _expected_rules(test: PolicyTest) -> Iterator[str]:
