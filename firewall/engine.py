@@ -40,9 +40,14 @@ class _Hit:
 
 
 class _Failure(Exception):
-    def __init__(self, detector: str, error: Exception) -> None:
-        super().__init__(f"detector {detector!r} failed: {type(error).__name__}: {error}")
-        self.detector = detector
+    """A detector or a rule's condition that raised. `blocking` failures stop the
+    evaluation and block the exchange (fail closed); the others are recorded."""
+
+    def __init__(self, kind: str, name: str, error: Exception, *, blocking: bool) -> None:
+        super().__init__(f"{kind} {name!r} failed: {type(error).__name__}: {error}")
+        self.finding_id = f"{kind}-error:{name}"
+        self.detector = name if kind == "detector" else None
+        self.blocking = blocking
 
 
 class Engine:
@@ -62,9 +67,12 @@ class Engine:
         hits: list[tuple[int, _Hit]] = []  # (message index or -1, hit)
         failures: list[_Failure] = []
 
-        for rule in rules:
-            if not rule.per_message and (rule.condition is None or _truthy(rule.condition.execute(context))):
-                hits.append((-1, _Hit(rule.index, (), ())))
+        try:
+            for rule in rules:
+                if not rule.per_message and (rule.condition is None or self._condition(rule, context, failures)):
+                    hits.append((-1, _Hit(rule.index, (), ())))
+        except _Failure as failure:
+            return self._decide(exchange, hits, [*failures, failure])
 
         message_rules = tuple(rule for rule in rules if rule.per_message)
         if message_rules:
@@ -80,20 +88,23 @@ class Engine:
                     hits.extend((index, hit) for hit in remembered)
             if pending:
                 messages = [exchange.messages[index] for index, _ in pending]
+                before = len(failures)
                 try:
-                    results = self._evaluate(messages, message_rules, context)
+                    results = self._evaluate(messages, message_rules, context, failures)
                 except _Failure as failure:
-                    failures.append(failure)
-                    results = None
-                if results is not None:
-                    for (index, key), message_hits in zip(pending, results, strict=True):
+                    return self._decide(exchange, hits, [*failures, failure])
+                # A result that came with a failure is not remembered: the next try may succeed.
+                remember = len(failures) == before
+                for (index, key), message_hits in zip(pending, results, strict=True):
+                    if remember:
                         self._remember(key, message_hits)
-                        hits.extend((index, hit) for hit in message_hits)
+                    hits.extend((index, hit) for hit in message_hits)
         return self._decide(exchange, hits, failures)
 
     # -- evaluation -------------------------------------------------------------------
 
-    def _evaluate(self, messages: Sequence[Message], rules: Sequence[CompiledRule], context: dict[str, Any]) -> list[tuple[_Hit, ...]]:
+    def _evaluate(self, messages: Sequence[Message], rules: Sequence[CompiledRule], context: dict[str, Any],
+                  failures: list[_Failure]) -> list[tuple[_Hit, ...]]:
         """Decide `rules` on each message; detectors are run once, batched, over every
         part of every message."""
         texts = [part.text for message in messages for part in message.parts]
@@ -101,14 +112,15 @@ class Engine:
         detector_names = sorted(set().union(*(rule.detectors for rule in rules)))
         detector_results: dict[str, list[DetectorResult]] = {}
         for name in detector_names:
-            detector_results[name] = self._score(name, texts)
+            detector_results[name] = self._score(name, texts, failures)
 
         out: list[tuple[_Hit, ...]] = []
         offset = 0
         for message in messages:
             count = len(message.parts)
             view = _MessageView(
-                self.policy,
+                self,
+                failures,
                 message,
                 patterns[offset : offset + count],
                 {name: results[offset : offset + count] for name, results in detector_results.items()},
@@ -117,14 +129,30 @@ class Engine:
             out.append(tuple(view.evaluate(rules, context)))
         return out
 
-    def _score(self, name: str, texts: list[str]) -> list[DetectorResult]:
+    def _score(self, name: str, texts: list[str], failures: list[_Failure]) -> list[DetectorResult]:
         detector = self.policy.detectors[name]
         try:
             return detector.score(texts)
         except Exception as error:  # noqa: BLE001 - any detector failure is a decision input
-            if self.policy.detector_on_error.get(name, "block") == "allow":
-                return [DetectorResult() for _ in texts]
-            raise _Failure(name, error) from error
+            blocking = self.policy.detector_on_error.get(name, "block") != "allow"
+            failure = _Failure("detector", name, error, blocking=blocking)
+            if blocking:
+                raise failure from error
+            failures.append(failure)
+            return [DetectorResult() for _ in texts]
+
+    def _condition(self, rule: CompiledRule, context: dict[str, Any], failures: list[_Failure]) -> bool:
+        """A rule's CEL condition; one that raises (a type error, a missing key) blocks
+        unless the policy's on_error is allow, in which case it counts as false."""
+        assert rule.condition is not None
+        try:
+            return _truthy(rule.condition.execute(context))
+        except Exception as error:  # noqa: BLE001 - CEL raises several types
+            failure = _Failure("rule", rule.id, error, blocking=self.policy.defaults.on_error != "allow")
+            if failure.blocking:
+                raise failure from error
+            failures.append(failure)
+            return False
 
     def _remember(self, key: tuple[bytes, tuple[Any, ...]], hits: tuple[_Hit, ...]) -> None:
         if len(self._memo) >= self._memo_size:
@@ -164,8 +192,8 @@ class Engine:
             ))
         for failure in failures:
             findings.append(Finding(
-                rule=f"detector-error:{failure.detector}",
-                action=Action.BLOCK,
+                rule=failure.finding_id,
+                action=Action.BLOCK if failure.blocking else Action.ALLOW,
                 mode=Mode.ENFORCE,
                 detector=failure.detector,
                 message=str(failure),
@@ -190,9 +218,11 @@ class Engine:
 class _MessageView:
     """One message with its detector results: what the rules and CEL functions see."""
 
-    def __init__(self, policy: Policy, message: Message, patterns: Sequence[DetectorResult],
-                 detectors: dict[str, list[DetectorResult]]) -> None:
-        self.policy = policy
+    def __init__(self, engine: Engine, failures: list[_Failure], message: Message,
+                 patterns: Sequence[DetectorResult], detectors: dict[str, list[DetectorResult]]) -> None:
+        self.engine = engine
+        self.policy = engine.policy
+        self.failures = failures
         self.message = message
         self.patterns = patterns
         self.detectors = detectors
@@ -231,7 +261,7 @@ class _MessageView:
             spans.extend(over)
         if rule.condition is not None:
             recorded: list[_PartSpan] = []
-            if not _truthy(rule.condition.execute(self._cel_context(rule, context, recorded))):
+            if not self.engine._condition(rule, self._cel_context(rule, context, recorded), self.failures):
                 return None
             spans.extend(recorded)
         for name in rule.detectors:

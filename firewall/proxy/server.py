@@ -8,6 +8,7 @@ refusals included, writes an audit record.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -41,14 +42,20 @@ _HOP_BY_HOP = frozenset({
 # The upstream's response body reaches the client decoded (it had to be, to be inspected).
 _RESPONSE_DROP = _HOP_BY_HOP | {"content-encoding"}
 
+log = logging.getLogger("firewall.proxy")
+
 _OPENAI = OpenAIChat()
 _ANTHROPIC = AnthropicMessages()
 
 
 class AuditSink:
-    """What the proxy needs of an audit log; `AuditWriter` is one, a list is another."""
+    """What the proxy needs of an audit log; `AuditWriter` is one."""
 
     def write(self, record: dict[str, Any]) -> Any: ...
+
+
+class _AuditUnavailable(Exception):
+    """The audit log cannot be written: what cannot be recorded is not forwarded."""
 
 
 @dataclass
@@ -85,6 +92,20 @@ class Firewall:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = _Call(id="ex_" + os.urandom(12).hex())
         guess = _guess_wire(request.path)
+        try:
+            return await self._handle(request, call, guess)
+        except _AuditUnavailable as error:
+            message = f"agent-firewall: the audit log cannot be written ({error}); nothing was forwarded"
+            return self._respond(call, 503, orjson.dumps((call.wire or guess).error_body(503, message)))
+        except Exception as error:  # noqa: BLE001 - the last line of defence: fail closed, say why
+            log.exception("internal error on %s %s (exchange %s)", request.method, request.path, call.id)
+            message = f"internal error while inspecting ({type(error).__name__}); the exchange was not forwarded"
+            try:
+                return self._refuse(call, call.wire or guess, 500, message, event="internal_error")
+            except _AuditUnavailable:
+                return self._respond(call, 500, orjson.dumps((call.wire or guess).error_body(500, message)))
+
+    async def _handle(self, request: web.Request, call: _Call, guess: WireFormat) -> web.StreamResponse:
         try:
             call.identity = self.identities.resolve(request.path, request.headers)
         except IdentityError as error:
@@ -140,8 +161,13 @@ class Firewall:
         return decision
 
     def _record(self, record: dict[str, Any]) -> None:
-        if self.audit is not None:
+        if self.audit is None:
+            return
+        try:
             self.audit.write(record)
+        except (OSError, ValueError) as error:
+            log.error("audit log write failed: %s", error)
+            raise _AuditUnavailable(str(error)) from error
 
     # -- answers --------------------------------------------------------------------
 

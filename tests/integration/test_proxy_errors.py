@@ -147,3 +147,43 @@ def test_secrets_in_headers_never_reach_the_audit_log(start_firewall, fake):
     log = running.audit_path.read_text()
     assert "SECRET" not in log
     assert len(running.records()) == 3
+
+
+class FullDisk:
+    """An audit sink on a full disk."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_what_cannot_be_recorded_is_not_forwarded(start_firewall, fake):
+    running = start_firewall()
+    running.firewall.audit = FullDisk()
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0)
+    with pytest.raises(openai.InternalServerError) as raised:
+        agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 503
+    assert "audit log cannot be written" in raised.value.message
+    assert fake.received == []
+
+
+class ExplodingEngine:
+    """Fault injection: an engine with a bug."""
+
+    policy = None
+
+    def inspect(self, exchange: Any) -> None:
+        raise RuntimeError("bug")
+
+
+def test_an_internal_error_fails_closed_with_a_record(start_firewall, fake):
+    running = start_firewall()
+    ExplodingEngine.policy = running.firewall.policy
+    running.firewall.engine = ExplodingEngine()  # type: ignore[assignment]
+    agent = anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0)
+    with pytest.raises(anthropic.InternalServerError) as raised:
+        agent.messages.create(model="claude-fake-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 500
+    assert raised.value.body["error"]["type"] == "api_error"
+    assert fake.received == []
+    assert running.records()[-1]["event"] == "internal_error"

@@ -20,7 +20,7 @@ FMT = AnthropicMessages()
 
 def _request() -> dict[str, Any]:
     return {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-fake-1",
         "max_tokens": 1024,
         "system": [
             {"type": "text", "text": "You are the executor agent.", "cache_control": {"type": "ephemeral"}},
@@ -67,7 +67,7 @@ def _request() -> dict[str, Any]:
 
 def test_parse_request_reads_system_blocks_tool_use_tool_results_and_thinking() -> None:
     parsed = FMT.parse_request(_request())
-    assert parsed.model == "claude-sonnet-4-5" and parsed.stream is False
+    assert parsed.model == "claude-fake-1" and parsed.stream is False
     system, user, assistant, results, result2 = parsed.messages
     assert system == Message(
         role="system",
@@ -140,7 +140,7 @@ def _message() -> dict[str, Any]:
         "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
         "type": "message",
         "role": "assistant",
-        "model": "claude-sonnet-4-5-20250929",
+        "model": "claude-fake-1",
         "content": [
             {"type": "thinking", "thinking": "Need the weather tool.", "signature": "EqQBCgIYAhIMsig"},
             {"type": "text", "text": "I'll look up the weather in Paris."},
@@ -231,7 +231,7 @@ def test_the_sdk_reads_an_error_body() -> None:
 CAPTURED = "\r\n".join(
     [
         "event: message_start",
-        'data: {"type":"message_start","message":{"id":"msg_014p7gG3wDgGV9EUtLvnow3U","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","stop_sequence":null,"usage":{"input_tokens":472,"output_tokens":2},"content":[],"stop_reason":null}}',
+        'data: {"type":"message_start","message":{"id":"msg_014p7gG3wDgGV9EUtLvnow3U","type":"message","role":"assistant","model":"claude-fake-1","stop_sequence":null,"usage":{"input_tokens":472,"output_tokens":2},"content":[],"stop_reason":null}}',
         "",
         ": keep-alive",
         "event: ping",
@@ -284,7 +284,7 @@ def test_parse_stream_reassembles_a_captured_stream() -> None:
         "id": "msg_014p7gG3wDgGV9EUtLvnow3U",
         "type": "message",
         "role": "assistant",
-        "model": "claude-sonnet-4-5-20250929",
+        "model": "claude-fake-1",
         "content": [
             {"type": "text", "text": "Okay, let's check the weather."},
             {"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {"location": "San Francisco, CA", "unit": "fahrenheit"}},
@@ -328,7 +328,7 @@ def test_render_then_parse_stream_round_trips() -> None:
 def test_the_sdk_stream_accepts_a_rendered_stream() -> None:
     body = _message()
     with _client(200, FMT.render_stream(body), "text/event-stream").messages.stream(
-        model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "weather?"}]
+        model="claude-fake-1", max_tokens=100, messages=[{"role": "user", "content": "weather?"}]
     ) as stream:
         texts = list(stream.text_stream)
         final = stream.get_final_message()
