@@ -131,7 +131,6 @@ class _Bodies:
         self._prefix = head[:-2].encode() + b","  # cut "]}" to append one more message
         self._random = random.Random(seed)
         self._count = 0
-        self.history_bytes = len(head)
 
     def next(self) -> bytes:
         self._count += 1
@@ -281,9 +280,11 @@ class _Children:
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
 
+        # A session of its own: Ctrl-C reaches only the driver, which then stops each child
+        # in order (a firewall killed by the same Ctrl-C mid-run would fail the load first).
         with log.open("ab") as sink:  # the child holds its own copy of the descriptor
             proc = subprocess.Popen(list(argv), stdout=stdout if stdout is not None else sink, stderr=sink,
-                                    stdin=subprocess.DEVNULL, preexec_fn=pin, cwd=_REPO)
+                                    stdin=subprocess.DEVNULL, preexec_fn=pin, cwd=_REPO, start_new_session=True)
         self._procs.append(proc)
         return proc
 
@@ -546,12 +547,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                      max_requests=args.max_requests or (500 if args.quick else 50_000),
                      warmup_seconds=0.5 if args.quick else 1.5,
                      warmup_requests=50 if args.quick else 500)
-    for policy in (PASSTHROUGH, DEFAULT_POLICY):
-        if not policy.exists():
-            return print(f"bench_proxy: {policy} not found", file=sys.stderr) or 2
+    missing = [str(policy) for policy in (PASSTHROUGH, DEFAULT_POLICY) if not policy.exists()]
+    if missing:
+        parser.error(f"policy file not found: {', '.join(missing)}")
     layout = _layout()
     machine = _machine()
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     print(f"layout: {layout.describe()}", flush=True)
     children = _Children()
     measurements: list[Measurement] = []
@@ -566,6 +568,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if m.load.errors:
                         raise SystemExit(f"{config}: {m.load.errors} requests failed: {m.load.statuses}")
                     measurements.append(m)
+        except KeyboardInterrupt:
+            print("bench_proxy: interrupted; stopping every process it started", file=sys.stderr)
+            return 130
         finally:
             children.close()
     order = {"direct": 0, "passthrough": 1, "default": 2}

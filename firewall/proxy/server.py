@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -48,7 +48,7 @@ _OPENAI = OpenAIChat()
 _ANTHROPIC = AnthropicMessages()
 
 
-class AuditSink:
+class AuditSink(Protocol):
     """What the proxy needs of an audit log; `AuditWriter` is one."""
 
     def write(self, record: dict[str, Any]) -> Any: ...
@@ -156,7 +156,7 @@ class Firewall:
         self._record(exchange_record(
             exchange, decision, policy_name=self.policy.name, policy_sha256=self.policy.sha256,
             identified_by=call.identity.how if call.identity else None,
-            timings=dict(call.timings), status=status,
+            timings={**call.timings, "elapsed": time.perf_counter() - call.started}, status=status,
         ))
         return decision
 
