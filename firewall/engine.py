@@ -30,6 +30,7 @@ from firewall.policy.compiler import CompiledRule, Policy
 
 # A rule that fired on one message: where (part, start, end, label) and how strongly.
 _PartSpan = tuple[int, int, int, str]
+_EXCHANGE_RULES = b"exchange-rules"  # the memo key of the exchange-level rules' result
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +65,29 @@ class Engine:
         if not rules:
             return self._decide(exchange, [], [])
         context = _exchange_context(exchange)
+        key_context = (exchange.direction, exchange.agent, exchange.source_agent, exchange.target_agent,
+                       exchange.model, exchange.provider, exchange.route)
         hits: list[tuple[int, _Hit]] = []  # (message index or -1, hit)
         failures: list[_Failure] = []
 
-        try:
-            for rule in rules:
-                if not rule.per_message and (rule.condition is None or self._condition(rule, context, failures)):
-                    hits.append((-1, _Hit(rule.index, (), ())))
-        except _Failure as failure:
-            return self._decide(exchange, hits, [*failures, failure])
+        exchange_rules = tuple(rule for rule in rules if not rule.per_message)
+        if exchange_rules:
+            # Rules about who is talking depend only on the exchange's context: decided
+            # once per context, like messages are decided once per content.
+            key = (_EXCHANGE_RULES, key_context)
+            remembered = self._memo.get(key)
+            if remembered is None:
+                try:
+                    remembered = tuple(_Hit(rule.index, (), ()) for rule in exchange_rules
+                                       if rule.condition is None or self._condition(rule, context, failures))
+                except _Failure as failure:
+                    return self._decide(exchange, [], [*failures, failure])
+                if not failures:
+                    self._remember(key, remembered)
+            hits.extend((-1, hit) for hit in remembered)
 
         message_rules = tuple(rule for rule in rules if rule.per_message)
         if message_rules:
-            key_context = (exchange.direction, exchange.agent, exchange.source_agent, exchange.target_agent,
-                           exchange.model, exchange.provider, exchange.route)
             pending: list[tuple[int, tuple[bytes, tuple[Any, ...]]]] = []
             for index, message in enumerate(exchange.messages):
                 key = (_digest(message), key_context)

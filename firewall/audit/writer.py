@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import os
 import threading
@@ -101,22 +102,35 @@ def redact_secrets(logger: Any, method_name: str, event_dict: EventDict) -> Even
 
 
 def _is_secret(key: Any) -> bool:
-    return isinstance(key, str) and key.lower().replace("_", "-") in SECRET_KEYS
+    return isinstance(key, str) and _is_secret_name(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:
+    # Records repeat the same few dozen keys: normalise each once, not once per record.
+    return key.lower().replace("_", "-") in SECRET_KEYS
+
+
+# Most values in a record are scalars: they are checked inline, without a call each.
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
-    return {key: REDACTED if _is_secret(key) else _redact(value) for key, value in mapping.items()}
+    return {
+        key: REDACTED if _is_secret(key) else (value if type(value) in _SCALARS else _redact(value))
+        for key, value in mapping.items()
+    }
 
 
 def _redact(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value  # the common case first: most values are scalars
+    if type(value) in _SCALARS or isinstance(value, (str, int, float)):
+        return value
     if isinstance(value, Mapping):
         return _redact_mapping(value)
     if isinstance(value, (list, tuple)):
         if len(value) == 2 and _is_secret(value[0]):
             return [value[0], REDACTED]
-        return [_redact(item) for item in value]
+        return [item if type(item) in _SCALARS else _redact(item) for item in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _redact_mapping({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
     return value
