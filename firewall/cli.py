@@ -121,6 +121,8 @@ def _run(args: argparse.Namespace) -> int:
           f"listening on http://{host}:{port}", file=sys.stderr)
     for name, url in config.upstreams.items():
         print(f"agent-firewall: upstream {name} = {url}", file=sys.stderr)
+    if audit is None:
+        print("agent-firewall: warning: no --audit-log given; decisions are not recorded", file=sys.stderr)
     try:
         web.run_app(firewall.app, host=host, port=port, print=None, access_log=None)
     finally:

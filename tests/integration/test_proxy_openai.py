@@ -203,3 +203,25 @@ def test_streamed_secret_is_redacted(start_firewall, fake):
         model="m", messages=[{"role": "user", "content": "key?"}], stream=True)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "key: [REDACTED:openai_key] done"
+
+
+def test_monitor_mode_forwards_and_records_what_would_have_happened(start_firewall, fake):
+    running = start_firewall("""
+        version: 1
+        name: trial
+        agents:
+          planner: {match: {header: {X-Team: planning}}}
+        lists: {violent_acts: [murder]}
+        rules:
+          - id: no-violence
+            match: {lists: [violent_acts]}
+            action: block
+            mode: monitor
+    """)
+    agent = client(running.openai_base, default_headers={"X-Team": "planning"})
+    agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "murder mystery plot ideas"}])
+    assert len(fake.received) == 1
+    record = running.records()[0]
+    assert (record["agent"], record["identified_by"]) == ("planner", "policy")
+    assert (record["action"], record["intended"]) == ("allow", "block")
+    assert record["rules"][0]["mode"] == "monitor"
