@@ -60,7 +60,9 @@ class Engine:
         self._memo: dict[tuple[bytes, tuple[Any, ...]], tuple[_Hit, ...]] = {}
         self._memo_size = memo_size
 
-    def inspect(self, exchange: Exchange) -> Decision:
+    def inspect(self, exchange: Exchange, *, remember: bool = True) -> Decision:
+        """Decide one exchange. `remember=False` for texts that will not come again
+        (the growing window of a stream), so they do not push history out of the memo."""
         rules = [rule for rule in self._rules[exchange.direction] if _in_scope(rule, exchange)]
         if not rules:
             return self._decide(exchange, [], [])
@@ -82,7 +84,7 @@ class Engine:
                                        if rule.condition is None or self._condition(rule, context, failures))
                 except _Failure as failure:
                     return self._decide(exchange, [], [*failures, failure])
-                if not failures:
+                if not failures and remember:
                     self._remember(key, remembered)
             hits.extend((-1, hit) for hit in remembered)
 
@@ -104,7 +106,7 @@ class Engine:
                 except _Failure as failure:
                     return self._decide(exchange, hits, [*failures, failure])
                 # A result that came with a failure is not remembered: the next try may succeed.
-                remember = len(failures) == before
+                remember = remember and len(failures) == before
                 for (index, key), message_hits in zip(pending, results, strict=True):
                     if remember:
                         self._remember(key, message_hits)
@@ -218,10 +220,9 @@ class Engine:
             blocker = next(finding for finding in enforced if finding.action is Action.BLOCK)
             rule = next((r for r in policy.rules if r.id == blocker.rule), None)
             return _replace(decision, blocking_rule=blocker.rule, reason=blocker.message,
-                            respond=rule.respond if rule else "error")
+                            respond=rule.respond if rule else None)
         if action is Action.REDACT:
-            redactions = [finding for finding in enforced if finding.action is Action.REDACT]
-            return _replace(decision, rewrites=_rewrites(exchange, redactions, policy))
+            return _replace(decision, rewrites=_rewrites(exchange, decision, policy))
         return decision
 
 
@@ -370,21 +371,27 @@ def _replace(decision: Decision, **changes: Any) -> Decision:
     return replace(decision, **changes)
 
 
-def _rewrites(exchange: Exchange, findings: Sequence[Finding], policy: Policy) -> tuple[Rewrite, ...]:
+def redactions(decision: Decision, policy: Policy) -> dict[tuple[int, int], list[tuple[int, int, str]]]:
+    """The enforced redactions of a decision, per (message, part): (start, end, replacement)."""
     templates = {rule.id: rule.replacement for rule in policy.rules}
     per_part: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
-    for finding in findings:
+    for finding in decision.findings:
+        if finding.action is not Action.REDACT or finding.mode is not Mode.ENFORCE:
+            continue
         template = templates.get(finding.rule, policy.defaults.redact_with)
         for span in finding.spans:
-            label = span.label or finding.rule
-            text = _format(template, label=label, rule=finding.rule)
+            text = _format(template, label=span.label or finding.rule, rule=finding.rule)
             per_part.setdefault((span.message, span.part), []).append((span.start, span.end, text))
+    return per_part
+
+
+def _rewrites(exchange: Exchange, decision: Decision, policy: Policy) -> tuple[Rewrite, ...]:
     rewrites: list[Rewrite] = []
-    for (message_index, part_index), spans in sorted(per_part.items()):
+    for (message_index, part_index), spans in sorted(redactions(decision, policy).items()):
         if message_index < 0:
             continue
         part = exchange.messages[message_index].parts[part_index]
-        rewrites.append(Rewrite(part.path, _redact(part.text, spans)))
+        rewrites.append(Rewrite(part.path, apply_redactions(part.text, spans)))
     return tuple(rewrites)
 
 
@@ -395,7 +402,7 @@ def _format(template: str, **values: str) -> str:
         return template
 
 
-def _redact(text: str, spans: list[tuple[int, int, str]]) -> str:
+def apply_redactions(text: str, spans: list[tuple[int, int, str]]) -> str:
     """Replace each span; overlapping spans merge and take the first replacement."""
     merged: list[list[Any]] = []
     for start, end, replacement in sorted(spans, key=lambda s: (s[0], -s[1])):
@@ -412,4 +419,4 @@ def _redact(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join(out)
 
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "apply_redactions", "redactions"]

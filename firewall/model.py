@@ -171,7 +171,7 @@ class Decision:
     rewrites: tuple[Rewrite, ...] = ()
     blocking_rule: str | None = None
     reason: str | None = None
-    respond: str = "error"  # error | refusal: how a block is answered
+    respond: str | None = None  # error | refusal | None (the listener's default): how a block is answered
 
     @property
     def rules(self) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ loopback, and the firewall itself, served from a thread so the sync SDKs can dri
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,15 @@ class RunningFirewall:
     audit_path: Path
     firewall: Firewall
 
-    def records(self) -> list[dict[str, Any]]:
-        return list(read_records(self.audit_path))
+    def records(self, at_least: int = 0, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The audit records so far. A stream's record is written after its last byte is
+        sent, so a client can finish first: `at_least` waits for that many records."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = list(read_records(self.audit_path))
+            if len(records) >= at_least or time.monotonic() > deadline:
+                return records
+            time.sleep(0.01)
 
     @property
     def openai_base(self) -> str:

@@ -7,9 +7,12 @@ span again without the log becoming a second copy of every secret it caught.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firewall.model import Decision, Exchange, Finding
+
+if TYPE_CHECKING:
+    from firewall.stream import StreamOutcome
 
 
 def finding_record(finding: Finding) -> dict[str, Any]:
@@ -101,3 +104,50 @@ def event_record(
         "tags": [],
         "policy": {"name": policy_name, "sha256": policy_sha256},
     }
+
+
+def stream_record(
+    request: Exchange,
+    outcome: StreamOutcome,
+    *,
+    policy_name: str,
+    policy_sha256: str,
+    identified_by: str | None,
+    timings: dict[str, float],
+    note: str | None = None,
+) -> dict[str, Any]:
+    """The end-of-stream record: the response as the client received it (redactions
+    applied, nothing past a block), so a stream is reviewed like any other response.
+    Span `message` numbers index `channels`."""
+    decision = outcome.decision
+    record: dict[str, Any] = {
+        "exchange": request.id,
+        "direction": "response",
+        "agent": request.agent,
+        "identified_by": identified_by,
+        "source": request.source_agent,
+        "target": request.target_agent,
+        "route": request.route,
+        "provider": request.provider,
+        "model": request.model,
+        "stream": True,
+        "action": str(decision.action),
+        "intended": str(decision.intended),
+        "rules": [finding_record(finding) for finding in decision.findings],
+        "tags": list(decision.tags),
+        "channels": list(outcome.channels),
+        "response": {"text": outcome.released_text, "tool_calls": outcome.tool_calls},
+        "holdback_max_chars": outcome.holdback_max,
+        "events": {"in": outcome.events_in, "out": outcome.events_out},
+        "policy": {"name": policy_name, "sha256": policy_sha256},
+        "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
+    }
+    if decision.blocking_rule:
+        record["blocking_rule"] = decision.blocking_rule
+        record["reason"] = decision.reason
+        record["withheld"] = outcome.withheld
+    if outcome.error:
+        record["error"] = outcome.error
+    if note:
+        record["note"] = note
+    return record

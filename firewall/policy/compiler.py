@@ -19,7 +19,7 @@ from firewall.detectors import CachedDetector, Detector, PatternError, PatternSe
 from firewall.model import Action, Direction, Mode
 from firewall.policy.errors import PolicyError, PolicyProblem
 from firewall.policy.loader import PolicySource
-from firewall.policy.schema import AgentSpec, Defaults, NearSpec, PolicySpec, PolicyTest
+from firewall.policy.schema import AgentSpec, Defaults, NearSpec, PolicySpec, PolicyTest, StreamSpec
 
 # The names a CEL condition can use. Message-level names change with each message;
 # the others are the same for every message of an exchange.
@@ -54,7 +54,7 @@ class CompiledRule(NamedTuple):
     tags: tuple[str, ...]
     replacement: str
     mode: Mode
-    respond: str
+    respond: str | None
     message: str | None
     # False for a rule that looks only at who is talking, not at what is said: it is
     # decided once per exchange, not once per message.
@@ -75,6 +75,7 @@ class Policy:
     detector_on_error: dict[str, str]
     agents: dict[str, AgentSpec]
     tests: tuple[PolicyTest, ...]
+    stream: StreamSpec
     spec: PolicySpec = field(repr=False)
 
     def rules_for(self, direction: Direction) -> tuple[CompiledRule, ...]:
@@ -134,6 +135,7 @@ def compile_policy(source: PolicySource) -> Policy:
         detector_on_error=on_error,
         agents=dict(spec.agents),
         tests=tuple(spec.tests),
+        stream=spec.stream,
         spec=spec,
     )
 
@@ -208,7 +210,7 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
 
     if rule.action.kind is Action.TAG and not rule.action.tags:
         problems.append(where.problem((*loc, "action"), "a tag action names its tag: {tag: name}"))
-    if rule.respond == "refusal" and rule.action.kind is not Action.BLOCK:
+    if rule.respond is not None and rule.action.kind is not Action.BLOCK:
         problems.append(where.problem((*loc, "respond"), "'respond' only applies to a block action"))
     if len(problems) > before:
         return None

@@ -111,7 +111,9 @@ class RuleSpec(_Strict):
     if_: str | None = Field(default=None, alias="if")
     action: ActionSpec
     mode: Mode | None = None
-    respond: Literal["error", "refusal"] = "error"
+    # How a block is answered: error (the SDK raises) or refusal (a well-formed answer).
+    # Unset: an error, except mid-stream on OpenAI, where a content_filter finish is the norm.
+    respond: Literal["error", "refusal"] | None = None
     message: str | None = None
 
     @field_validator("action", mode="before")
@@ -157,6 +159,21 @@ class PolicyTest(_Strict):
         return self
 
 
+class StreamSpec(_Strict):
+    """How streamed responses are inspected. `incremental`: text is released as soon as
+    it is checked, holding back only what the rules need; `buffer`: the whole stream is
+    inspected before any of it is released."""
+
+    mode: Literal["incremental", "buffer"] = "incremental"
+    holdback: int | None = Field(default=None, ge=0, le=1_048_576)  # characters; None: what the rules need
+    max_holdback: int = Field(default=2048, ge=16, le=1_048_576)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+
 class PolicySpec(_Strict):
     version: Literal[1]
     name: str
@@ -166,5 +183,6 @@ class PolicySpec(_Strict):
     lists: dict[str, list[str]] = {}
     patterns: dict[str, str] = {}
     detectors: dict[str, DetectorSpec] = {}
+    stream: StreamSpec = StreamSpec()
     rules: list[RuleSpec] = []
     tests: list[PolicyTest] = []

@@ -17,12 +17,13 @@ from firewall.protocols import _paths
 from firewall.protocols._paths import (
     expect_object as _object,
     expect_str as _required_str,
+    format_path,
     optional_str as _optional_str,
     shape_error as _shape,
     string_leaves,
 )
 from firewall.protocols._sse import parse_events, render_event
-from firewall.protocols.base import BodyShapeError, ParsedRequest
+from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
 
 __all__ = ["AnthropicMessages"]
 
@@ -79,6 +80,9 @@ class AnthropicMessages:
 
     def parse_stream(self, data: bytes) -> dict[str, Any]:
         return _assemble_stream(data)
+
+    def stream_reader(self) -> AnthropicStreamReader:
+        return AnthropicStreamReader()
 
     def render_stream(self, body: dict[str, Any]) -> bytes:
         return _render_stream(body)
@@ -334,3 +338,164 @@ def _render_stream(body: dict[str, Any]) -> bytes:
     emit({"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage.get("output_tokens", 0)}})
     emit({"type": "message_stop"})
     return b"".join(out)
+
+
+# --- incremental reading -------------------------------------------------------------
+
+# content_block_delta types that carry text: delta type -> (channel name, field, kind)
+_DELTA_TEXT: Final = {
+    "text_delta": ("text", "text", PartKind.TEXT),
+    "thinking_delta": ("thinking", "thinking", PartKind.TEXT),
+    "input_json_delta": ("input", "partial_json", PartKind.TOOL_ARGUMENTS),
+}
+# content_block_start blocks that may already hold text: block type -> field
+_START_TEXT: Final = {"text": "text", "thinking": "thinking"}
+
+
+class AnthropicStreamReader:
+    """One Messages stream, event by event (see `StreamReader`).
+
+    A channel is named by the content block's index and what grows in it: ("content",
+    i, "text" | "thinking" | "input"). A text this reader cannot attribute raises
+    BodyShapeError rather than pass uninspected.
+
+    `blocked(respond="refusal")` closes the blocks the client has open. By default that
+    is every block seen started and not stopped; a guard that holds events back and then
+    drops them should call `released(event)` for each event it passes on, so that only
+    blocks the client has actually seen are closed (the SDK fails on a
+    content_block_stop for a block it never saw start).
+    """
+
+    def __init__(self) -> None:
+        self._message_id: str | None = None
+        self._model: str | None = None
+        self._open: dict[int, None] = {}  # blocks seen started and not stopped, in order
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._tracks_release = False
+        self._sent_start = False  # message_start has reached the client
+        self._sent_open: dict[int, None] = {}  # blocks the client has open
+
+    def deltas(self, event: StreamEvent) -> list[StreamDelta]:
+        data = event.json
+        if not isinstance(data, dict):
+            return []  # a comment, a keep-alive, not JSON
+        kind = data.get("type")
+        if kind == "content_block_delta":
+            index = _stream_index(data)
+            delta = data.get("delta")
+            if not isinstance(delta, dict):
+                raise _stream_shape(("delta",), "an object")
+            spec = _DELTA_TEXT.get(delta.get("type"))  # type: ignore[arg-type]
+            if spec is None:
+                return []  # signature_delta, citations_delta: no text of the model's own
+            name, key, part_kind = spec
+            return _delta(delta, key, ("content", index, name), part_kind, ("delta",))
+        if kind == "content_block_start":
+            index = _stream_index(data)
+            block = data.get("content_block")
+            if not isinstance(block, dict):
+                raise _stream_shape(("content_block",), "an object")
+            self._open[index] = None
+            block_type = block.get("type")
+            if block_type in _TOOL_USE_TYPES:
+                self._calls[index] = {"channel": ("content", index, "input"), "id": block.get("id"), "name": block.get("name")}
+            elif block_type in _START_TEXT:
+                key = _START_TEXT[block_type]
+                return _delta(block, key, ("content", index, key), PartKind.TEXT, ("content_block",))
+        elif kind == "content_block_stop":
+            self._open.pop(_stream_index(data), None)
+        elif kind == "message_start":
+            message = data.get("message")
+            if isinstance(message, dict):
+                if isinstance(message.get("id"), str):
+                    self._message_id = message["id"]
+                if isinstance(message.get("model"), str):
+                    self._model = message["model"]
+        return []
+
+    def released(self, event: StreamEvent) -> None:
+        """The guard passed `event` on to the client (as it was or re-rendered)."""
+        self._tracks_release = True
+        data = event.json
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type")
+        index = data.get("index")
+        if kind == "message_start":
+            self._sent_start = True
+        elif kind == "content_block_start" and isinstance(index, int):
+            self._sent_open[index] = None
+        elif kind == "content_block_stop" and isinstance(index, int):
+            self._sent_open.pop(index, None)
+
+    def render(self, event: StreamEvent, json: Any) -> bytes:
+        return render_event(orjson.dumps(json).decode("utf-8"), event.event)
+
+    def blocked(self, message: str, respond: str | None) -> bytes:
+        if respond in (None, "error"):
+            return _error_event(message, "permission_error")
+        if respond != "refusal":
+            raise ValueError(f"respond must be None, 'refusal' or 'error', not {respond!r}")
+        out: list[bytes] = []
+
+        def emit(event: dict[str, Any]) -> None:
+            out.append(b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n")
+
+        if self._tracks_release and not self._sent_start:
+            # Blocked before the client saw the message begin: the SDK needs one.
+            emit({"type": "message_start", "message": self._skeleton()})
+        for index in self._sent_open if self._tracks_release else self._open:
+            emit({"type": "content_block_stop", "index": index})
+        emit({
+            "type": "message_delta",
+            "delta": {"stop_reason": "refusal", "stop_sequence": None},
+            "usage": {"output_tokens": 0},
+        })
+        emit({"type": "message_stop"})
+        return b"".join(out)
+
+    def failed(self, message: str) -> bytes:
+        return _error_event(message, "api_error")
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [dict(call) for call in self._calls.values()]
+
+    def _skeleton(self) -> dict[str, Any]:
+        return {
+            "id": self._message_id or f"msg_fw_{secrets.token_hex(12)}",
+            "type": "message",
+            "role": "assistant",
+            "model": self._model or "unknown",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+
+
+def _delta(
+    holder: dict[str, Any], key: str, channel: tuple[str | int, ...], kind: PartKind, where: Path
+) -> list[StreamDelta]:
+    text = holder.get(key)
+    if text is None:
+        return []
+    if not isinstance(text, str):
+        raise _stream_shape((*where, key), "a string")
+    return [StreamDelta(channel=channel, kind=kind, text=text, path=(*where, key))] if text else []
+
+
+def _stream_index(data: dict[str, Any]) -> int:
+    index = data.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise _stream_shape(("index",), "a content block index")
+    return index
+
+
+def _stream_shape(where: Path, expected: str) -> BodyShapeError:
+    return BodyShapeError(f"stream event: {format_path(where)}: expected {expected}")
+
+
+def _error_event(message: str, error_type: str) -> bytes:
+    # The SDK raises on an `error` event, whatever came before it.
+    error = {"type": "error", "error": {"type": error_type, "message": message}}
+    return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from firewall.model import Message, Rewrite
+from firewall.model import Message, PartKind, Path, Rewrite
 
 
 class BodyShapeError(ValueError):
@@ -22,6 +22,60 @@ class ParsedRequest:
     messages: tuple[Message, ...]
     model: str | None
     stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One server-sent event as it arrived: `raw` is every byte of it, its terminating
+    blank line included, so an event the firewall does not change is passed on as is."""
+
+    raw: bytes
+    event: str | None  # the `event:` field
+    data: str  # the `data:` lines joined with \n ("" for a comment or keep-alive)
+    json: Any  # `data` parsed, or None ([DONE], a comment, a keep-alive, not JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """A piece of text an event adds to one reassembled text (a channel)."""
+
+    channel: tuple[str | int, ...]  # stable name of the reassembled text, e.g. ("choices", 0, "content")
+    kind: PartKind  # TEXT, or TOOL_ARGUMENTS for partial JSON of a tool call
+    text: str
+    path: Path  # where `text` lives inside the event's `json`
+
+
+class StreamReader(Protocol):
+    """One provider's view of one streamed response, event by event. Stateful: it
+    remembers what it has seen (ids, model, open blocks) to end the stream correctly."""
+
+    def deltas(self, event: StreamEvent) -> list[StreamDelta]:
+        """The text deltas the event carries (none for role, usage, ping, [DONE]...)."""
+        ...
+
+    def render(self, event: StreamEvent, json: Any) -> bytes:
+        """The event re-rendered with rewritten data (same event name, one data line)."""
+        ...
+
+    def released(self, event: StreamEvent) -> None:
+        """The event has been passed on to the client (so `blocked` closes only what
+        the client has seen open)."""
+        ...
+
+    def blocked(self, message: str, respond: str | None) -> bytes:
+        """Bytes that end the stream cleanly after a block, in a shape the SDK accepts.
+        respond None or "refusal": a clean end (OpenAI finish_reason content_filter and
+        [DONE]; Anthropic stop_reason refusal); "error": an error event the SDK raises.
+        Anthropic's default (None) is an error event."""
+        ...
+
+    def failed(self, message: str) -> bytes:
+        """Bytes that end the stream when the upstream broke off: an error event."""
+        ...
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls seen so far: [{"channel", "id", "name"}], for the audit record."""
+        ...
 
 
 class WireFormat(Protocol):
@@ -41,6 +95,10 @@ class WireFormat(Protocol):
     def parse_stream(self, data: bytes) -> dict[str, Any]:
         """A whole buffered SSE response, reassembled into the equivalent
         non-streamed response body."""
+        ...
+
+    def stream_reader(self) -> StreamReader:
+        """A reader for one streamed response of this provider."""
         ...
 
     def render_stream(self, body: dict[str, Any]) -> bytes:

@@ -20,12 +20,13 @@ from firewall.protocols._paths import (
     decode_embedded,
     expect_object as _object,
     expect_str as _required_str,
+    format_path,
     optional_str as _optional_str,
     shape_error as _shape,
     string_leaves,
 )
 from firewall.protocols._sse import parse_events, render_event
-from firewall.protocols.base import BodyShapeError, ParsedRequest
+from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
 
 __all__ = ["OpenAIChat"]
 
@@ -67,6 +68,9 @@ class OpenAIChat:
 
     def parse_stream(self, data: bytes) -> dict[str, Any]:
         return _StreamAssembler().assemble(data)
+
+    def stream_reader(self) -> OpenAIStreamReader:
+        return OpenAIStreamReader()
 
     def render_stream(self, body: dict[str, Any]) -> bytes:
         return _render_stream(body)
@@ -390,3 +394,152 @@ def _render_stream(body: dict[str, Any]) -> bytes:
         out.append(render_event(orjson.dumps({**base, "choices": [], "usage": body["usage"]}).decode("utf-8")))
     out.append(render_event("[DONE]"))
     return b"".join(out)
+
+
+# --- incremental reading -------------------------------------------------------------
+
+_CHUNK_META: Final = ("id", "created", "model", "system_fingerprint")
+_DONE: Final = b"data: [DONE]\n\n"
+
+
+class OpenAIStreamReader:
+    """One chat.completion.chunk stream, event by event (see `StreamReader`).
+
+    A channel is named by the choice's own `index` (the position in one chunk's
+    `choices` array may differ from chunk to chunk) and a tool call by its `index`;
+    the path is where the text sits in this event. A text this reader cannot attribute
+    raises BodyShapeError rather than pass uninspected.
+    """
+
+    def __init__(self) -> None:
+        self._meta: dict[str, Any] = {}
+        self._choices: dict[int, None] = {}  # the choice indices seen, in order
+        self._calls: dict[tuple[str | int, ...], dict[str, Any]] = {}  # by channel
+
+    def released(self, event: StreamEvent) -> None:
+        """Nothing to track: a finish chunk for a choice the client has not seen is harmless."""
+
+    def deltas(self, event: StreamEvent) -> list[StreamDelta]:
+        chunk = event.json
+        if not isinstance(chunk, dict):
+            return []  # [DONE], a comment, a keep-alive
+        for key in _CHUNK_META:
+            if key not in self._meta and chunk.get(key) is not None:
+                self._meta[key] = chunk[key]
+        choices = chunk.get("choices")
+        if choices is None:
+            return []  # an error event, or a usage-only chunk without the key
+        if not isinstance(choices, list):
+            raise _stream_shape(("choices",), "an array")
+        out: list[StreamDelta] = []
+        for k, choice in enumerate(choices):
+            where: Path = ("choices", k)
+            if not isinstance(choice, dict):
+                raise _stream_shape(where, "an object")
+            index = choice.get("index")
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise _stream_shape((*where, "index"), "an integer")
+            self._choices.setdefault(index, None)
+            delta = choice.get("delta")
+            if delta is None:
+                continue
+            if not isinstance(delta, dict):
+                raise _stream_shape((*where, "delta"), "an object")
+            for key in ("content", "refusal"):
+                _text_delta(out, delta, key, ("choices", index, key), PartKind.TEXT, (*where, "delta"))
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                if not isinstance(calls, list):
+                    raise _stream_shape((*where, "delta", "tool_calls"), "an array")
+                for j, call in enumerate(calls):
+                    self._tool_call(out, call, index, (*where, "delta", "tool_calls", j))
+            legacy = delta.get("function_call")
+            if legacy is not None:
+                legacy_where: Path = (*where, "delta", "function_call")
+                if not isinstance(legacy, dict):
+                    raise _stream_shape(legacy_where, "an object")
+                channel = ("choices", index, "function_call", "arguments")
+                self._remember_call(channel, None, legacy.get("name"))
+                _text_delta(out, legacy, "arguments", channel, PartKind.TOOL_ARGUMENTS, legacy_where)
+        return out
+
+    def _tool_call(self, out: list[StreamDelta], call: Any, index: int, where: Path) -> None:
+        if not isinstance(call, dict):
+            raise _stream_shape(where, "an object")
+        position = call.get("index")
+        if not isinstance(position, int) or isinstance(position, bool):
+            raise _stream_shape((*where, "index"), "an integer")
+        channel = ("choices", index, "tool_calls", position, "arguments")
+        function = call.get("function")
+        if function is not None and not isinstance(function, dict):
+            raise _stream_shape((*where, "function"), "an object")
+        # id and name arrive once, in the call's first fragment.
+        self._remember_call(channel, call.get("id"), function.get("name") if function else None)
+        if function:
+            _text_delta(out, function, "arguments", channel, PartKind.TOOL_ARGUMENTS, (*where, "function"))
+
+    def _remember_call(self, channel: tuple[str | int, ...], call_id: Any, name: Any) -> None:
+        call = self._calls.get(channel)
+        if call is None:
+            call = self._calls[channel] = {"channel": channel, "id": None, "name": None}
+        if isinstance(call_id, str) and call_id:
+            call["id"] = call_id
+        if isinstance(name, str) and name:
+            call["name"] = name
+
+    def render(self, event: StreamEvent, json: Any) -> bytes:
+        return render_event(orjson.dumps(json).decode("utf-8"), event.event)
+
+    def blocked(self, message: str, respond: str | None) -> bytes:
+        if respond == "error":
+            return _error_event(message, "permission_error", "firewall_blocked")
+        if respond not in (None, "refusal"):
+            raise ValueError(f"respond must be None, 'refusal' or 'error', not {respond!r}")
+        head: dict[str, Any] = {
+            "id": self._meta.get("id") or f"chatcmpl-fw-{secrets.token_hex(12)}",
+            "object": "chat.completion.chunk",
+            "created": self._meta.get("created") if isinstance(self._meta.get("created"), int) else int(time.time()),
+            "model": self._meta.get("model") or "unknown",
+        }
+        if self._meta.get("system_fingerprint") is not None:
+            head["system_fingerprint"] = self._meta["system_fingerprint"]
+        out = [
+            b"data: " + orjson.dumps({**head, "choices": [{"index": i, "delta": {}, "finish_reason": "content_filter"}]})
+            + b"\n\n"
+            for i in (self._choices or {0: None})
+        ]
+        out.append(_DONE)
+        return b"".join(out)
+
+    def failed(self, message: str) -> bytes:
+        return _error_event(message, "api_error", "upstream_disconnected")
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        return [dict(call) for call in self._calls.values()]
+
+
+def _text_delta(
+    out: list[StreamDelta],
+    holder: dict[str, Any],
+    key: str,
+    channel: tuple[str | int, ...],
+    kind: PartKind,
+    where: Path,
+) -> None:
+    text = holder.get(key)
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise _stream_shape((*where, key), "a string or null")
+    if text:
+        out.append(StreamDelta(channel=channel, kind=kind, text=text, path=(*where, key)))
+
+
+def _stream_shape(where: Path, expected: str) -> BodyShapeError:
+    return BodyShapeError(f"stream event: {format_path(where)}: expected {expected}")
+
+
+def _error_event(message: str, error_type: str, code: str) -> bytes:
+    # The SDK raises APIError on any event whose data has an "error" key.
+    error = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return b"data: " + orjson.dumps(error) + b"\n\n"

@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from firewall.agents import Identity, IdentityError, IdentityResolver
-from firewall.audit.record import event_record, exchange_record
+from firewall.audit.record import event_record, exchange_record, stream_record
 from firewall.engine import Engine
 from firewall.model import Action, Decision, Direction, Exchange
 from firewall.policy import Policy
@@ -29,6 +29,7 @@ from firewall.protocols import BodyShapeError, WireFormat, wire_format_for_path
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
+from firewall.stream import HoldBack, StreamGuard
 
 TAGS_HEADER = "X-Firewall-Tags"
 EXCHANGE_HEADER = "X-Firewall-Exchange-Id"
@@ -78,6 +79,7 @@ class Firewall:
         self.engine = Engine(policy)
         self.audit = audit
         self.identities = IdentityResolver(policy.agents, header=config.agent_header)
+        self._holdback = HoldBack.for_policy(policy)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.app = web.Application(client_max_size=config.max_body_bytes)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -205,7 +207,7 @@ class Firewall:
     # -- upstream -------------------------------------------------------------------
 
     async def _forward(self, request: web.Request, call: _Call, wire: WireFormat, exchange: Exchange,
-                       body: bytes) -> web.Response:
+                       body: bytes) -> web.StreamResponse:
         upstream = self.config.upstreams.get(wire.provider)
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
@@ -215,6 +217,10 @@ class Firewall:
             async with self._session(wire.provider).post(
                 url, data=body, headers=_forward_headers(request.headers), allow_redirects=False,
             ) as upstream_response:
+                call.timings["upstream_headers"] = time.perf_counter() - started
+                if self._streams_incrementally(upstream_response):
+                    # From here on the answer is being sent: the stream handles its own errors.
+                    return await self._stream(request, call, wire, exchange, upstream_response)
                 data = await upstream_response.read()
                 status = upstream_response.status
                 response_headers = upstream_response.headers
@@ -226,6 +232,56 @@ class Firewall:
                                 event="upstream_unreachable", direction="response")
         call.timings["upstream"] = time.perf_counter() - started
         return self._inspect_response(call, wire, exchange, status, response_headers, data)
+
+    def _streams_incrementally(self, upstream: aiohttp.ClientResponse) -> bool:
+        return (upstream.status == 200 and self.policy.stream.mode == "incremental"
+                and "text/event-stream" in upstream.headers.get("Content-Type", ""))
+
+    async def _stream(self, request: web.Request, call: _Call, wire: WireFormat, exchange: Exchange,
+                      upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Relay a streamed answer through one StreamGuard: text reaches the client only
+        once checked; a block or a broken upstream ends the stream in the SDK's terms."""
+        guard = StreamGuard(self.engine, wire.stream_reader(), exchange, self._holdback)
+        if guard.at_start.action is Action.BLOCK:
+            self._record_stream(call, wire, exchange, guard, note="blocked before the first event")
+            return self._blocked(call, wire, exchange, guard.at_start)
+        call.tags.extend(tag for tag in guard.at_start.tags if tag not in call.tags)
+        headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP)
+        headers[EXCHANGE_HEADER] = call.id
+        if call.tags:
+            headers[TAGS_HEADER] = ",".join(call.tags)
+        response = web.StreamResponse(status=200, headers=headers)
+        await response.prepare(request)
+        note = None
+        try:
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await self._send(response, call, guard.feed(chunk))
+                    if guard.finished:
+                        break
+                await self._send(response, call, guard.close())
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                reason = str(error) or type(error).__name__
+                await self._send(response, call, guard.fail(f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})"))
+            await response.write_eof()
+        except ConnectionResetError:
+            note = "the client went away mid-stream"
+        finally:
+            self._record_stream(call, wire, exchange, guard, note=note)
+        return response
+
+    async def _send(self, response: web.StreamResponse, call: _Call, data: bytes) -> None:
+        if data:
+            call.timings.setdefault("first_byte", time.perf_counter() - call.started)
+            await response.write(data)
+
+    def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard,
+                       *, note: str | None) -> None:
+        self._record(stream_record(
+            exchange, guard.outcome(), policy_name=self.policy.name, policy_sha256=self.policy.sha256,
+            identified_by=call.identity.how if call.identity else None,
+            timings={**call.timings, "elapsed": time.perf_counter() - call.started}, note=note,
+        ))
 
     def _inspect_response(self, call: _Call, wire: WireFormat, request_exchange: Exchange, status: int,
                           headers: CIMultiDictProxy[str], data: bytes) -> web.Response:

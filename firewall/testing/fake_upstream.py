@@ -6,6 +6,11 @@ or an HTTP error, each optionally chosen by a substring of the last user message
 optionally delayed), streams the way each provider streams, and records every request
 that reached it so a test can assert what the firewall let through.
 
+For the streaming inspector's tests a rule can also shape the stream precisely: `raw`
+writes hand-made SSE bytes verbatim, one write per item (to split an event anywhere,
+even inside a UTF-8 character); `drop_after` cuts the connection mid-stream; `repeat`
+and `events` make long streams with an exact number of content events.
+
 Controls, in-process: `fake.script([...])`, `fake.add_reply(...)`, `fake.reset()`,
 `fake.received`. Out of process (demo, benchmarks): GET /_fake/requests,
 POST /_fake/script (a JSON list of rules), POST /_fake/reset.
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import itertools
 import re
 import threading
@@ -30,7 +37,7 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from firewall.testing.servers import ServerThread
 
@@ -40,16 +47,34 @@ _SSE_HEADERS: Final = {"Content-Type": "text/event-stream; charset=utf-8", "Cach
 # One piece per word, whitespace kept with the word that follows it, so the pieces
 # concatenate back to exactly the original text.
 _PIECE: Final = re.compile(r"\s*\S+|\s+$")
+# A raw reply sleeps this long between items by default: long enough that each item
+# arrives as a read of its own on loopback, which is the point of a raw reply.
+_RAW_CHUNK_DELAY: Final = 0.02
 
 
 class Reply(BaseModel):
     """One scripted reply rule.
 
-    A rule is an error reply (`status`, optional `error` message) or a completion:
-    `text`, a tool call (`tool` name + `arguments`), or both. A rule with neither is the
-    default echo reply (useful with `delay`). `when` restricts the rule to requests
-    whose last user-side message contains that substring; `times` makes the rule
-    expire after that many uses (a tool call first, then the final answer).
+    A rule is an error reply (`status`, optional `error` message), a completion (`text`,
+    a tool call (`tool` name + `arguments`), or both), or a `raw` stream. A rule with
+    none of them is the default echo reply (useful with `delay`). `when` restricts the
+    rule to requests whose last user-side message contains that substring; `times`
+    makes the rule expire after that many uses (a tool call first, then the final answer).
+
+    Shaping a stream:
+    - `raw`: answer 200 `text/event-stream` whatever the request's `stream` flag, and
+      write each item verbatim as a write of its own. Over JSON an item is a string
+      (sent as UTF-8) or `{"b64": "..."}` for arbitrary bytes.
+    - `chunk_delay`: seconds slept between streamed writes; None means 0, or 0.02 for
+      `raw` (so that each item arrives as a read of its own).
+    - `drop_after`: a streamed reply (or raw) aborts the connection after that many
+      events (raw items): no terminating chunk, no `[DONE]`, so the client sees a
+      broken chunked body. A stream shorter than that is written whole and then
+      aborted the same way. A non-streamed completion ignores it.
+    - `repeat`: the text is `text` repeated that many times, joined by a space.
+    - `events`: the text streams as exactly that many content events, split as evenly
+      as possible by characters (code points, so never inside a character or a
+      surrogate pair), instead of one per word.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -60,9 +85,20 @@ class Reply(BaseModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
     status: int | None = Field(default=None, ge=400, le=599)
     error: str | None = None
+    raw: list[bytes] | None = None
     delay: float = Field(default=0.0, ge=0.0)
-    chunk_delay: float = Field(default=0.0, ge=0.0)
+    chunk_delay: float | None = Field(default=None, ge=0.0)
+    drop_after: int | None = Field(default=None, ge=0)
+    repeat: int = Field(default=1, ge=1)
+    events: int | None = Field(default=None, ge=1)
     times: int | None = Field(default=None, ge=1)
+
+    @field_validator("raw", mode="before")
+    @classmethod
+    def _raw_items(cls, value: Any) -> Any:
+        if value is None or not isinstance(value, list | tuple):
+            return value  # None, or let pydantic report the wrong type
+        return [_raw_item(index, item) for index, item in enumerate(value)]
 
     @model_validator(mode="after")
     def _one_kind(self) -> Reply:
@@ -72,7 +108,28 @@ class Reply(BaseModel):
             raise ValueError("'error' needs a 'status'")
         if self.arguments and self.tool is None:
             raise ValueError("'arguments' needs a 'tool' name")
+        if self.raw is not None and (self.text is not None or self.tool is not None or self.status is not None):
+            raise ValueError("a 'raw' reply is written verbatim; it cannot also have text, tool or status")
+        if self.drop_after is not None and self.status is not None:
+            raise ValueError("'drop_after' cuts a stream; an error reply (status) has none")
+        if self.repeat != 1 and self.text is None:
+            raise ValueError("'repeat' needs a 'text' to repeat")
+        if self.events is not None:
+            if self.text is None:
+                raise ValueError("'events' needs a 'text' to split")
+            length = len(self.full_text or "")
+            if self.events > length:
+                raise ValueError(
+                    f"'events' is {self.events} but the text has only {length} characters to split"
+                )
         return self
+
+    @property
+    def full_text(self) -> str | None:
+        """The text as sent: `text` repeated `repeat` times, or None."""
+        if self.text is None:
+            return None
+        return " ".join([self.text] * self.repeat)
 
 
 RuleLike = Reply | Mapping[str, Any] | str
@@ -134,8 +191,12 @@ class FakeUpstream:
         arguments: Mapping[str, Any] | None = None,
         status: int | None = None,
         error: str | None = None,
+        raw: Sequence[bytes | str] | None = None,
         delay: float = 0.0,
-        chunk_delay: float = 0.0,
+        chunk_delay: float | None = None,
+        drop_after: int | None = None,
+        repeat: int = 1,
+        events: int | None = None,
         times: int | None = None,
     ) -> Reply:
         """Append one rule (after the existing ones: the first matching rule wins)."""
@@ -146,8 +207,12 @@ class FakeUpstream:
             arguments=dict(arguments or {}),
             status=status,
             error=error,
+            raw=None if raw is None else list(raw),
             delay=delay,
             chunk_delay=chunk_delay,
+            drop_after=drop_after,
+            repeat=repeat,
+            events=events,
             times=times,
         )
         with self._lock:
@@ -268,6 +333,7 @@ class _Provider:
         self.number = fake._next_id()
         self.created = int(time.time())
         self.user_text = ""
+        self.text_events: int | None = None
 
     async def respond(self) -> web.StreamResponse:
         if not isinstance(self.body, dict):
@@ -280,26 +346,51 @@ class _Provider:
         if reply is not None and reply.status is not None:
             message = reply.error or f"scripted error {reply.status}"
             return _json_response(self.error_body(reply.status, message), status=reply.status)
+        if reply is not None and reply.raw is not None:
+            delay = _RAW_CHUNK_DELAY if reply.chunk_delay is None else reply.chunk_delay
+            return await self._stream(reply.raw, delay, reply.drop_after)
         text, tool, arguments = self._content(reply)
         model = str(self.body.get("model") or "fake-model")
         if self.body.get("stream") is True:
-            chunk_delay = reply.chunk_delay if reply is not None else 0.0
-            return await self._stream(self.events(model, text, tool, arguments), chunk_delay)
+            chunk_delay = reply.chunk_delay if reply is not None and reply.chunk_delay is not None else 0.0
+            drop_after = reply.drop_after if reply is not None else None
+            self.text_events = reply.events if reply is not None else None
+            return await self._stream(self.events(model, text, tool, arguments), chunk_delay, drop_after)
         return _json_response(self.completion(model, text, tool, arguments))
 
     def _content(self, reply: Reply | None) -> tuple[str | None, str | None, dict[str, Any]]:
         if reply is None or (reply.text is None and reply.tool is None):
             return "ok: " + self.user_text[:_ECHO_LIMIT], None, {}
-        return reply.text, reply.tool, reply.arguments
+        return reply.full_text, reply.tool, reply.arguments
 
-    async def _stream(self, events: Iterator[bytes], chunk_delay: float) -> web.StreamResponse:
+    def text_pieces(self, text: str | None) -> list[str]:
+        """The streamed pieces of the reply text: one per word, or `events` of them."""
+        if text and self.text_events is not None:
+            return _split_evenly(text, self.text_events)
+        return _pieces(text)
+
+    async def _stream(
+        self, items: Iterable[bytes], chunk_delay: float, drop_after: int | None
+    ) -> web.StreamResponse:
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(self.request)
-        for event in events:
-            await response.write(event)
-            if chunk_delay:
+        for count, item in enumerate(items):
+            if drop_after is not None and count >= drop_after:
+                break
+            if count and chunk_delay:
                 await asyncio.sleep(chunk_delay)
-        await response.write_eof()
+            await response.write(item)
+            await _drained(self.request)
+        if drop_after is None:
+            await response.write_eof()
+            return response
+        if chunk_delay:
+            await asyncio.sleep(chunk_delay)  # the drop comes as one more item would
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+        # aiohttp's write_eof() on the aborted transport then raises a ConnectionError,
+        # which it takes for a client that went away: no traceback, no access log entry.
         return response
 
     def prompt_tokens(self) -> int:
@@ -378,7 +469,7 @@ class _OpenAI(_Provider):
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
         yield chunk({"role": "assistant", "content": "", "refusal": None})
-        for piece in _pieces(text):
+        for piece in self.text_pieces(text):
             yield chunk({"content": piece})
         if tool is not None:
             yield chunk(
@@ -448,7 +539,7 @@ class _Anthropic(_Provider):
         for index, block in enumerate(self._content_blocks(text, tool, arguments)):
             if block["type"] == "text":
                 start = {"type": "text", "text": ""}
-                deltas = ({"type": "text_delta", "text": piece} for piece in _pieces(block["text"]))
+                deltas = ({"type": "text_delta", "text": piece} for piece in self.text_pieces(block["text"]))
             else:
                 start = {**block, "input": {}}
                 deltas = (
@@ -518,6 +609,42 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 def _pieces(text: str | None) -> list[str]:
     return _PIECE.findall(text) if text else []
+
+
+def _split_evenly(text: str, parts: int) -> list[str]:
+    """`text` in `parts` consecutive pieces whose lengths differ by at most one. A str
+    indexes code points, so no piece ends inside a character (nor a surrogate pair:
+    those exist only in UTF-16, and JSON's escaped pairs decode to one code point)."""
+    size, extra = divmod(len(text), parts)
+    pieces: list[str] = []
+    start = 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _raw_item(index: int, item: Any) -> bytes:
+    """One raw item as bytes: bytes as they are, a str as UTF-8, {"b64": ...} decoded."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, Mapping) and set(item) == {"b64"} and isinstance(item["b64"], str):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"raw item {index}: 'b64' is not valid base64: {exc}") from exc
+    raise ValueError(f"raw item {index}: expected bytes, a string or {{\"b64\": \"...\"}}, got {item!r:.80}")
+
+
+async def _drained(request: web.Request) -> None:
+    """Wait until the transport has handed everything written to the kernel, so a
+    following sleep really separates this write from the next on the wire."""
+    transport = request.transport
+    while transport is not None and not transport.is_closing() and transport.get_write_buffer_size():
+        await asyncio.sleep(0.001)
 
 
 def _tokens(text: str | None, tool: str | None, arguments: dict[str, Any]) -> int:

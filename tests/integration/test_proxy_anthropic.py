@@ -117,8 +117,8 @@ def test_tags_and_streaming(start_firewall, fake):
 def test_streamed_violent_response_is_never_released(start_firewall, fake):
     fake.add_reply(f"Honestly, {VIOLENT}.")
     running = start_firewall()
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.APIStatusError, match="violent-suggestion"):
         with client(running.url).messages.stream(model="claude-fake-1", max_tokens=64,
                                                  messages=[{"role": "user", "content": "ideas?"}]) as stream:
             stream.get_final_text()
-    assert running.records()[-1]["action"] == "block"
+    assert running.records(at_least=2)[-1]["action"] == "block"

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
+import itertools
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -16,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anthropic
+import httpx2
 import openai
 import pytest
 from aiohttp import web
@@ -433,3 +438,199 @@ def test_main_runs_as_a_process(tmp_path: Path) -> None:
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+# -- shaping streams (raw, drop_after, repeat, events) ---------------------------------
+
+
+async def _read_chunks(url: str, body: dict[str, Any]) -> tuple[list[bytes], BaseException | None]:
+    """POST and collect the body read by read, as the reads came; with the error that
+    ended the body, if one did."""
+    reads: list[bytes] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body) as response:
+            assert response.status == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            try:
+                async for data in response.content.iter_any():
+                    reads.append(data)
+            except aiohttp.ClientPayloadError as error:
+                return reads, error
+    return reads, None
+
+
+def _boundaries(pieces: list[bytes]) -> set[int]:
+    return set(itertools.accumulate(len(piece) for piece in pieces))
+
+
+_STREAM_BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+
+
+async def test_raw_items_arrive_as_separate_reads(fake: FakeUpstream, url: str) -> None:
+    # One SSE event cut mid-JSON, one cut between "\n" and "\n", one cut inside "é".
+    items = [b'data: {"a": "one', b' two"}\n', b"\ndata: caf\xc3", b"\xa9\n\n", b"data: [DONE]\n\n"]
+    fake.add_reply(raw=items)
+    reads, error = await _read_chunks(url + "/v1/chat/completions", _STREAM_BODY)
+    assert error is None
+    assert b"".join(reads) == b"".join(items)
+    assert len(reads) >= len(items)
+    # Every item ends a read: no two items were ever merged into one read.
+    assert _boundaries(items) <= _boundaries(reads)
+    assert b"".join(reads).decode("utf-8").count("café") == 1
+
+
+def test_raw_split_inside_a_character_reaches_the_sdk_intact(fake: FakeUpstream, oai: openai.OpenAI) -> None:
+    def chunk(content: str) -> bytes:
+        data = {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+        }
+        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+
+    wire = chunk("naïve ") + chunk("café 😀") + b"data: [DONE]\n\n"
+    cuts = [wire.index("ï".encode()) + 1, wire.index(b"\n\n") + 1, wire.index("😀".encode()) + 2]
+    items = [wire[start:end] for start, end in itertools.pairwise([0, *cuts, len(wire)])]
+    assert b"".join(items) == wire and len(items) == 4
+    fake.add_reply(raw=items, when="raw")
+    fake.add_reply("not this one")  # the raw rule must win whatever the stream flag says
+    stream = oai.chat.completions.create(model="m", messages=_user("raw please"), stream=True)
+    assert [c.choices[0].delta.content for c in stream] == ["naïve ", "café 😀"]
+
+
+def test_raw_is_streamed_even_without_the_stream_flag(fake: FakeUpstream, url: str) -> None:
+    fake.add_reply(raw=["event: x\ndata: 1\n\n"])
+    response = _http("POST", url + "/v1/messages", json_body={"model": "c", "messages": []})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b"event: x\ndata: 1\n\n"
+
+
+def test_raw_excludes_the_other_reply_kinds(fake: FakeUpstream) -> None:
+    for other in ({"text": "t"}, {"tool": "f"}, {"status": 500}):
+        with pytest.raises(ValueError, match="'raw' reply is written verbatim"):
+            fake.script([{"raw": ["x"], **other}])
+    with pytest.raises(ValueError, match="raw item 1: expected bytes"):
+        fake.script([{"raw": ["x", 7]}])
+    with pytest.raises(ValueError, match="raw item 0: 'b64' is not valid base64"):
+        fake.script([{"raw": [{"b64": "not base64!"}]}])
+
+
+def test_http_control_accepts_raw_items_as_text_and_b64(fake: FakeUpstream, url: str) -> None:
+    arbitrary = b"\x00\xff\xfe data: \xe2\x82"  # not UTF-8: only b64 can carry it
+    script = [{"raw": ["data: plain é\n\n", {"b64": base64.b64encode(arbitrary).decode()}], "chunk_delay": 0}]
+    assert _http("POST", url + "/_fake/script", json_body=script).json() == {"rules": 1}
+    response = _http("POST", url + "/v1/chat/completions", json_body=_STREAM_BODY)
+    assert response.content == "data: plain é\n\n".encode() + arbitrary
+    bad = _http("POST", url + "/_fake/script", json_body=[{"raw": [{"b64": "%%%"}]}])
+    assert bad.status_code == 400 and "not valid base64" in bad.json()["error"]
+
+
+def test_raw_chunk_delay_defaults_to_20ms(fake: FakeUpstream, url: str) -> None:
+    fake.add_reply(raw=["a", "b", "c", "d", "e", "f"])
+    started = time.perf_counter()
+    assert _http("POST", url + "/v1/chat/completions", json_body=_STREAM_BODY).content == b"abcdef"
+    assert time.perf_counter() - started >= 5 * 0.02
+
+
+def test_drop_after_breaks_the_openai_stream(fake: FakeUpstream, oai: openai.OpenAI) -> None:
+    fake.add_reply("one two three four five", drop_after=3)
+    received: list[str | None] = []
+    stream = oai.chat.completions.create(model="m", messages=_user("x"), stream=True)
+    with pytest.raises(openai.APIConnectionError) as caught:
+        for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["", "one", " two"]  # the role chunk and two words, then the cut
+    assert isinstance(caught.value.__cause__, httpx2.RemoteProtocolError)
+    assert "incomplete chunked read" in str(caught.value.__cause__)
+
+
+def test_drop_after_breaks_the_anthropic_stream(fake: FakeUpstream, ant: anthropic.Anthropic) -> None:
+    fake.add_reply("one two three four five", drop_after=5)
+    received: list[str] = []
+    with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
+        for event in ant.messages.create(
+            model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            received.append(event.type)
+    # message_start, content_block_start, ping (which the SDK skips), two deltas.
+    assert received == ["message_start", "content_block_start", "content_block_delta", "content_block_delta"]
+
+
+def test_drop_after_ignores_a_non_streamed_completion(fake: FakeUpstream, oai: openai.OpenAI) -> None:
+    fake.add_reply("whole", drop_after=0)
+    assert oai.chat.completions.create(model="m", messages=_user("x")).choices[0].message.content == "whole"
+
+
+async def test_drop_after_cuts_a_raw_stream_and_a_short_stream_is_cut_at_its_end(
+    fake: FakeUpstream, url: str
+) -> None:
+    fake.script([{"when": "raw", "raw": ["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"], "drop_after": 2}])
+    fake.add_reply("a b", drop_after=100)
+    reads, error = await _read_chunks(url + "/v1/chat/completions", {**_STREAM_BODY, "messages": _user("raw")})
+    assert isinstance(error, aiohttp.ClientPayloadError)
+    assert b"".join(reads) == b"data: 1\n\ndata: 2\n\n"
+    reads, error = await _read_chunks(url + "/v1/chat/completions", _STREAM_BODY)
+    assert isinstance(error, aiohttp.ClientPayloadError)  # written whole, still no end
+    assert b"".join(reads).endswith(b"data: [DONE]\n\n")
+
+
+def test_drop_is_quiet_and_the_server_still_stops_cleanly(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    threads_before = set(threading.enumerate())
+    fake_here = FakeUpstream([{"text": "a b c d e f", "drop_after": 2, "chunk_delay": 0.01}])
+    with ServerThread(fake_here.app) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
+        for _ in range(3):  # each on a fresh connection: the dropped one cannot be reused
+            with pytest.raises(openai.APIConnectionError):
+                list(client.chat.completions.create(model="m", messages=_user("x"), stream=True))
+        client.close()
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 2
+    assert set(threading.enumerate()) == threads_before
+    noisy = [r for r in caplog.records if r.name.startswith(("aiohttp", "asyncio")) and r.levelno >= logging.INFO]
+    assert noisy == [] and all(r.exc_info is None for r in caplog.records if r.name.startswith("aiohttp"))
+
+
+def test_events_sets_the_number_of_openai_content_deltas(fake: FakeUpstream, oai: openai.OpenAI) -> None:
+    fake.add_reply("The quick brown fox jumps over the lazy dog.", repeat=3, events=20)
+    stream = oai.chat.completions.create(model="m", messages=_user("x"), stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices[0].delta.content]
+    assert len(pieces) == 20
+    assert "".join(pieces) == " ".join(["The quick brown fox jumps over the lazy dog."] * 3)
+    assert max(map(len, pieces)) - min(map(len, pieces)) <= 1  # as even as it gets
+
+
+def test_events_sets_the_number_of_anthropic_text_deltas(fake: FakeUpstream, ant: anthropic.Anthropic) -> None:
+    fake.add_reply("Streaming long answers for the benchmark.", events=20, tool="t", arguments={"k": "v w"})
+    with ant.messages.stream(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(pieces) == 20 and "".join(pieces) == "Streaming long answers for the benchmark."
+    assert final.content[1].input == {"k": "v w"}  # type: ignore[union-attr]  # tool args: not counted
+
+
+def test_events_never_splits_a_character(fake: FakeUpstream, oai: openai.OpenAI) -> None:
+    text = "naïve 😀 日本"
+    fake.add_reply(text, events=len(text))
+    stream = oai.chat.completions.create(model="m", messages=_user("x"), stream=True)
+    assert [c.choices[0].delta.content for c in stream if c.choices[0].delta.content] == list(text)
+
+
+def test_repeat_applies_to_non_streamed_replies_too(fake: FakeUpstream, oai: openai.OpenAI) -> None:
+    fake.add_reply("ab", repeat=4)
+    assert oai.chat.completions.create(model="m", messages=_user("x")).choices[0].message.content == "ab ab ab ab"
+
+
+def test_repeat_and_events_are_validated(fake: FakeUpstream) -> None:
+    with pytest.raises(ValueError, match="'repeat' needs a 'text'"):
+        fake.add_reply(repeat=2)
+    with pytest.raises(ValueError, match="'events' needs a 'text'"):
+        fake.add_reply(tool="t", events=2)
+    with pytest.raises(ValueError, match="'events' is 8 but the text has only 7 characters"):
+        fake.add_reply("abc", repeat=2, events=8)
+    with pytest.raises(ValueError, match="'drop_after' cuts a stream"):
+        fake.add_reply(status=500, drop_after=1)
+    assert fake.add_reply("abc", repeat=2, events=7).full_text == "abc abc"

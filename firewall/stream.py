@@ -1,0 +1,434 @@
+"""StreamGuard: incremental inspection of a streamed response, with a bounded hold-back.
+
+One synchronous object per stream, shared by every listener: `feed(chunk) -> bytes` and
+`close() -> bytes` (and `fail(message) -> bytes` when the upstream breaks off). It parses
+the SSE bytes into events, reassembles each text the events add to (a *channel*: a
+choice's content, a tool call's arguments, a content block), inspects the growing text
+with the same engine and policy as a whole message, and releases an event only once
+every character it carries has been checked and can no longer become part of a match.
+
+What it holds back is the least the active rules need (`HoldBack.for_policy`):
+
+- the longest match a list term or a bounded regex can make;
+- for an unbounded regex (a token of any length), its shortest match, and then any match
+  that still reaches the end of the text, until it stops growing;
+- for a `near` rule, the last words in which an anchor may still arrive;
+- for a model score or a free CEL condition, the text up to the last sentence boundary;
+
+never more than the policy's `stream.max_holdback` characters. A redaction that cannot
+close within that cap blocks the stream: fail closed.
+
+A block releases the text before the offending span, then ends the stream the way the
+provider's SDK understands (`StreamReader.blocked`). A redaction rewrites the deltas that
+carry the span: the first gets the replacement, the rest lose the span's characters, and
+every event stays valid JSON in its original order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from firewall.engine import Engine, apply_redactions, redactions
+from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Part, PartKind, Span
+from firewall.policy.compiler import MESSAGE_VARIABLES, Policy
+from firewall.protocols._paths import set_at
+from firewall.protocols._sse import SSEDecoder
+from firewall.protocols.base import StreamDelta, StreamEvent, StreamReader
+
+__all__ = ["HoldBack", "StreamGuard", "StreamOutcome"]
+
+_PREFIX_TERM_SLACK: Final = 32  # how long the rest of a word after a `prefix*` term may be
+_CONTEXT_MIN: Final = 256  # released text kept in the window, for matches that look back
+_SENTENCE_END: Final = re.compile(r"[.!?\u3002\uff01\uff1f][\"')\]]*(?=\s)|\n")
+_WORD: Final = re.compile(r"\S+")
+_LISTS_IN_CEL: Final = re.compile(r"\b(?:mentions|near)\s*\(\s*['\"]([^'\"]+)['\"]")
+_PATTERNS_IN_CEL: Final = re.compile(r"\bpattern\s*\(\s*['\"]([^'\"]+)['\"]")
+_NEAR_IN_CEL: Final = re.compile(r"\bnear\s*\(\s*['\"][^'\"]+['\"]\s*,\s*\[[^\]]*\]\s*,\s*(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class HoldBack:
+    """How much of the newest text to keep until more has arrived."""
+
+    chars: int  # the last `chars` characters
+    words: int  # the last `words` words
+    sentences: bool  # everything after the last sentence boundary
+    cap: int  # never more than this many characters
+
+    @classmethod
+    def for_policy(cls, policy: Policy) -> HoldBack:
+        spec = policy.stream
+        if spec.holdback is not None:
+            return cls(min(spec.holdback, spec.max_holdback), 0, False, spec.max_holdback)
+        chars = words = 0
+        sentences = False
+        for rule in policy.rules_for(Direction.RESPONSE):
+            if rule.mode is not Mode.ENFORCE or rule.action not in (Action.BLOCK, Action.REDACT):
+                continue  # a tag cannot change bytes already sent; it needs no hold-back
+            lists, patterns = set(rule.lists), set(rule.patterns)
+            if rule.near is not None:
+                lists.add(rule.near.list)
+                words = max(words, rule.near.within + _words_in(policy, rule.near.list))
+            if rule.thresholds or rule.detectors:
+                sentences = True
+            if rule.condition is not None:
+                source = rule.condition.source
+                lists |= set(_LISTS_IN_CEL.findall(source))
+                patterns |= set(_PATTERNS_IN_CEL.findall(source))
+                for within in _NEAR_IN_CEL.findall(source):
+                    words = max(words, int(within) + max((_words_in(policy, n) for n in lists), default=1))
+                # A condition over the text itself (not through a span function) can
+                # turn on any sentence: wait for sentences to end.
+                if rule.condition_variables & MESSAGE_VARIABLES:
+                    sentences = True
+            chars = max(chars, *(_list_width(policy, name) for name in lists), 0)
+            chars = max(chars, *(_regex_width(policy.spec.patterns[name], spec.max_holdback) for name in patterns), 0)
+        return cls(min(chars, spec.max_holdback), words, sentences, spec.max_holdback)
+
+
+def _list_width(policy: Policy, name: str) -> int:
+    terms = policy.spec.lists.get(name, [])
+    return max((len(t.rstrip("*")) + (_PREFIX_TERM_SLACK if t.endswith("*") else 0) for t in terms), default=0)
+
+
+def _words_in(policy: Policy, name: str) -> int:
+    return max((len(term.split()) for term in policy.spec.lists.get(name, [])), default=1)
+
+
+def _regex_width(pattern: str, cap: int) -> int:
+    """The longest match a regex can make, or for an unbounded one its shortest (a match
+    that still reaches the end of the text is held until it stops growing)."""
+    try:
+        import re._parser as sre_parse  # the stdlib's own regex parser, for its width
+
+        low, high = sre_parse.parse(pattern).getwidth()
+    except Exception:  # noqa: BLE001 - RE2 syntax Python does not read: be conservative
+        return cap
+    return high if high <= cap else max(low, 1)
+
+
+@dataclass
+class _Channel:
+    """One reassembled text."""
+
+    name: str
+    kind: PartKind
+    text: str = ""
+    released: int = 0  # text[:released] has reached the client
+    inspected: int = 0  # text[:inspected] has been inspected
+    safe: int = 0  # text[:safe] may be released
+    cut: int | None = None  # a block: nothing from here on is released
+    redactions: list[tuple[int, int, str]] = field(default_factory=list)
+    open_from: int | None = None  # the start of a match still reaching the end of the text
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    delta: StreamDelta
+    channel: _Channel
+    start: int
+    end: int
+
+
+@dataclass(slots=True)
+class _Held:
+    event: StreamEvent
+    pieces: tuple[_Piece, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOutcome:
+    """What happened to one stream, for the audit record."""
+
+    decision: Decision
+    channels: tuple[str, ...]  # span.message indexes this tuple
+    released_text: dict[str, str]  # per channel, as the client received it (redacted, cut)
+    tool_calls: list[dict[str, Any]]
+    holdback_max: int  # the most characters held back at once
+    withheld: list[dict[str, Any]]  # block cuts: channel, from offset, rule
+    events_in: int
+    events_out: int
+    error: str | None
+
+
+class StreamGuard:
+    """Inspects one streamed response incrementally. Not thread-safe: one per stream."""
+
+    def __init__(self, engine: Engine, reader: StreamReader, request: Exchange, holdback: HoldBack | None = None) -> None:
+        self._engine = engine
+        self._reader = reader
+        self._policy = engine.policy
+        self._holdback = holdback or HoldBack.for_policy(engine.policy)
+        self._context = dataclasses.replace(request, direction=Direction.RESPONSE, messages=(), body={}, raw=b"",
+                                            stream=True)
+        self._decoder = SSEDecoder()
+        self._held: deque[_Held] = deque()
+        self._channels: dict[tuple[str | int, ...], _Channel] = {}
+        self._findings: dict[str, _Found] = {}
+        self._holdback_max = 0
+        self._withheld: list[dict[str, Any]] = []
+        self._events_in = self._events_out = 0
+        self._finished = False
+        self._block: Finding | None = None
+        self._error: str | None = None
+        # Rules about who is talking are decided before the first byte: a stream that
+        # is refused outright is answered like any other blocked response.
+        self.at_start = engine.inspect(self._context)
+        self._collect(self.at_start, {})
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream has been ended (blocked, failed or closed)."""
+        return self._finished
+
+    # -- the three entry points ---------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._finished:
+            return b""
+        for event in self._decoder.feed(chunk):
+            self._accept(event)
+        self._inspect(final=False)
+        return self._release()
+
+    def close(self) -> bytes:
+        if self._finished:
+            return b""
+        for event in self._decoder.close():
+            self._accept(event)
+        self._inspect(final=True)
+        out = self._release()
+        self._finished = True
+        return out
+
+    def fail(self, message: str) -> bytes:
+        """The upstream broke off: release what has been checked, then an error event."""
+        if self._finished:
+            return b""
+        self._error = message
+        self._inspect(final=True)
+        out = self._release()
+        self._finished = True
+        return out + self._reader.failed(message)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _accept(self, event: StreamEvent) -> None:
+        self._events_in += 1
+        pieces = []
+        for delta in self._reader.deltas(event):
+            channel = self._channels.get(delta.channel)
+            if channel is None:
+                channel = self._channels[delta.channel] = _Channel(".".join(map(str, delta.channel)), delta.kind)
+            start = len(channel.text)
+            channel.text += delta.text
+            pieces.append(_Piece(delta, channel, start, len(channel.text)))
+        self._held.append(_Held(event, tuple(pieces)))
+
+    # -- inspecting ---------------------------------------------------------------------
+
+    def _inspect(self, *, final: bool) -> None:
+        fresh = [c for c in self._channels.values() if len(c.text) > c.inspected and c.cut is None]
+        if fresh and self._block is None:
+            context = max(self._holdback.chars, self._holdback.words * 16, _CONTEXT_MIN)
+            starts = [max(0, c.released - context) for c in fresh]
+            messages = tuple(
+                Message(role="assistant", parts=(Part(c.text[start:], ("stream", c.name), c.kind),))
+                for c, start in zip(fresh, starts, strict=True)
+            )
+            decision = self._engine.inspect(dataclasses.replace(self._context, messages=messages), remember=False)
+            for channel in fresh:
+                channel.inspected = len(channel.text)
+                channel.open_from = None
+            self._apply(decision, dict(enumerate(zip(fresh, starts, strict=True))), final)
+        for channel in self._channels.values():
+            channel.safe = self._safe_point(channel, final)
+        if self._block is not None:  # a block found while computing a safe point
+            for channel in self._channels.values():
+                channel.safe = channel.cut if channel.cut is not None else channel.released
+
+    def _apply(self, decision: Decision, windows: dict[int, tuple[_Channel, int]], final: bool) -> None:
+        """Turn a window's decision into cuts, redactions and held matches."""
+        self._collect(decision, windows)
+        for finding in decision.findings:
+            if finding.mode is not Mode.ENFORCE or finding.action not in (Action.BLOCK, Action.REDACT):
+                continue
+            spans = [(windows[s.message][0], windows[s.message][1] + s.start, windows[s.message][1] + s.end, s)
+                     for s in finding.spans if s.message in windows]
+            # A match that reaches the end of the text so far may still grow ("kill" may
+            # become "killing", a token may go on): hold it and decide when it stops.
+            settled = [span for span in spans if final or span[2] < len(span[0].text)]
+            for channel, start, _end, _span in spans:
+                if not final and _end >= len(channel.text):
+                    channel.open_from = start if channel.open_from is None else min(channel.open_from, start)
+            if finding.action is Action.BLOCK:
+                if spans and not settled:
+                    continue
+                self._block_at(finding, settled, windows)
+                return
+            for channel, start, end, span in settled:
+                replacement = self._replacement(finding, span)
+                if channel.kind is PartKind.TOOL_ARGUMENTS:
+                    replacement = orjson.dumps(replacement).decode()[1:-1]  # stays a valid JSON string
+                if (start, end, replacement) not in channel.redactions:
+                    channel.redactions.append((start, end, replacement))
+
+    def _block_at(self, finding: Finding, spans: list[tuple[_Channel, int, int, Span]],
+                  windows: dict[int, tuple[_Channel, int]]) -> None:
+        self._block = finding
+        if spans:
+            channel = min(spans, key=lambda s: s[1])[0]
+            cuts = {id(channel): max(channel.released, min(s[1] for s in spans if s[0] is channel))}
+        else:  # no span (a score, a condition): withhold everything not yet released
+            cuts = {id(c): c.released for c, _ in windows.values()}
+        for channel in self._channels.values():
+            channel.cut = cuts.get(id(channel), channel.released)
+            if id(channel) in cuts:
+                self._withheld.append({"channel": channel.name, "start": channel.cut, "end": len(channel.text),
+                                       "rule": finding.rule})
+
+    def _replacement(self, finding: Finding, span: Span) -> str:
+        decision = Decision(action=Action.REDACT, intended=Action.REDACT, mode=Mode.ENFORCE,
+                            findings=(dataclasses.replace(finding, spans=(dataclasses.replace(span, message=0, part=0),)),))
+        ((_, _, text),) = redactions(decision, self._policy)[(0, 0)]
+        return text
+
+    def _safe_point(self, channel: _Channel, final: bool) -> int:
+        if channel.cut is not None:
+            return channel.cut
+        n = len(channel.text)
+        if final:
+            return n
+        hold = self._holdback
+        point = n - hold.chars
+        if hold.words:
+            starts = [m.start() for m in _WORD.finditer(channel.text, max(channel.released, n - hold.cap))]
+            point = min(point, starts[-hold.words] if len(starts) >= hold.words else channel.released)
+        if hold.sentences:
+            ends = [m.end() for m in _SENTENCE_END.finditer(channel.text, channel.released)]
+            point = min(point, ends[-1] if ends else channel.released)
+        point = max(point, n - hold.cap)
+        if channel.open_from is not None:
+            if n - channel.open_from > hold.cap and self._block is None:
+                self._fail_closed(channel)
+                return channel.cut if channel.cut is not None else channel.released
+            point = min(point, channel.open_from)
+        return max(point, channel.released)
+
+    def _fail_closed(self, channel: _Channel) -> None:
+        finding = Finding(rule="stream-holdback-exceeded", action=Action.BLOCK, mode=Mode.ENFORCE,
+                          message=f"a match in {channel.name} grew past stream.max_holdback "
+                                  f"({self._holdback.cap} characters) before it could be redacted")
+        self._findings[finding.rule] = _Found(finding, [], None)
+        self._block = finding
+        for other in self._channels.values():
+            other.cut = max(other.released, channel.open_from or 0) if other is channel else other.released
+        self._withheld.append({"channel": channel.name, "start": channel.cut, "end": len(channel.text),
+                               "rule": finding.rule})
+
+    # -- releasing ----------------------------------------------------------------------
+
+    def _release(self) -> bytes:
+        """Release held events, in order, as far as every piece they carry is safe."""
+        out: list[bytes] = []
+        for channel in self._channels.values():
+            self._holdback_max = max(self._holdback_max, len(channel.text) - channel.safe)
+        while self._held:
+            held = self._held[0]
+            if not all(piece.end <= piece.channel.safe for piece in held.pieces):
+                if self._block is None:
+                    break
+                # The event that crosses the cut: it carries what comes before the cut.
+                self._held.clear()
+            else:
+                self._held.popleft()
+            out.append(self._render(held))
+            self._reader.released(held.event)
+            for piece in held.pieces:
+                piece.channel.released = max(piece.channel.released, min(piece.end, piece.channel.safe))
+        if self._block is not None and not self._finished:
+            self._finished = True
+            out.append(self._reader.blocked(self._block_message(), self._respond()))
+        self._events_out += len(out)
+        return b"".join(out)
+
+    def _render(self, held: _Held) -> bytes:
+        changed = [(piece, self._released_text(piece)) for piece in held.pieces]
+        changed = [(piece, text) for piece, text in changed if text != piece.delta.text]
+        if not changed:
+            return held.event.raw
+        data = held.event.json
+        for piece, text in changed:
+            data = set_at(data, piece.delta.path, text)
+        return self._reader.render(held.event, data)
+
+    def _released_text(self, piece: _Piece) -> str:
+        """The piece's text as it may be released: redactions applied, nothing past a cut."""
+        channel, start, end = piece.channel, piece.start, min(piece.end, piece.channel.safe)
+        if end <= start:
+            return ""
+        spans = [(max(s, start) - start, min(e, end) - start, text if start <= s < end else "")
+                 for s, e, text in channel.redactions if s < end and e > start]
+        return apply_redactions(channel.text[start:end], spans) if spans else channel.text[start:end]
+
+    def _block_message(self) -> str:
+        assert self._block is not None
+        reason = f": {self._block.message}" if self._block.message else ""
+        return f"blocked by agent-firewall: rule {self._block.rule}{reason}"
+
+    def _respond(self) -> str | None:
+        assert self._block is not None
+        rule = next((r for r in self._policy.rules if r.id == self._block.rule), None)
+        return rule.respond if rule else None  # a finding of the firewall's own: the listener's default
+
+    # -- the outcome --------------------------------------------------------------------
+
+    def _collect(self, decision: Decision, windows: dict[int, tuple[_Channel, int]]) -> None:
+        order = list(self._channels.values())
+        for finding in decision.findings:
+            found = self._findings.get(finding.rule)
+            if found is None:
+                found = self._findings[finding.rule] = _Found(finding, [], finding.score)
+            elif finding.score is not None:
+                found.score = max(found.score or 0.0, finding.score)
+            for span in finding.spans:
+                if span.message in windows:
+                    channel, offset = windows[span.message]
+                    shifted = Span(order.index(channel), 0, offset + span.start, offset + span.end, span.label)
+                    if shifted not in found.spans:
+                        found.spans.append(shifted)
+
+    def outcome(self) -> StreamOutcome:
+        findings = tuple(dataclasses.replace(f.finding, spans=tuple(f.spans), score=f.score)
+                         for f in self._findings.values())
+        enforced = [f for f in findings if f.mode is Mode.ENFORCE]
+        action = max((f.action for f in enforced), key=lambda a: a.severity, default=Action.ALLOW)
+        intended = max((f.action for f in findings), key=lambda a: a.severity, default=Action.ALLOW)
+        tags = tuple(dict.fromkeys(t for f in enforced if f.action is Action.TAG for t in f.tags))
+        decision = Decision(action=action, intended=intended, mode=self._policy.defaults.mode, findings=findings,
+                            tags=tags, blocking_rule=self._block.rule if self._block else None,
+                            reason=self._block.message if self._block else None)
+        released = {c.name: _released(c) for c in self._channels.values()}
+        return StreamOutcome(decision, tuple(c.name for c in self._channels.values()), released,
+                             self._reader.tool_calls(), self._holdback_max, self._withheld,
+                             self._events_in, self._events_out, self._error)
+
+
+@dataclass
+class _Found:
+    finding: Finding
+    spans: list[Span]
+    score: float | None
+
+
+def _released(channel: _Channel) -> str:
+    end = channel.released
+    spans = [(s, min(e, end), text) for s, e, text in channel.redactions if s < end]
+    return apply_redactions(channel.text[:end], spans) if spans else channel.text[:end]
+
