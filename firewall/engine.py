@@ -371,6 +371,12 @@ def _replace(decision: Decision, **changes: Any) -> Decision:
     return replace(decision, **changes)
 
 
+def replacement(policy: Policy, rule_id: str, label: str) -> str:
+    """What a redact rule writes in place of a span that matched `label`."""
+    template = next((rule.replacement for rule in policy.rules if rule.id == rule_id), policy.defaults.redact_with)
+    return _format(template, label=label, rule=rule_id)
+
+
 def redactions(decision: Decision, policy: Policy) -> dict[tuple[int, int], list[tuple[int, int, str]]]:
     """The enforced redactions of a decision, per (message, part): (start, end, replacement)."""
     templates = {rule.id: rule.replacement for rule in policy.rules}
@@ -419,4 +425,4 @@ def apply_redactions(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join(out)
 
 
-__all__ = ["Engine", "apply_redactions", "redactions"]
+__all__ = ["Engine", "apply_redactions", "redactions", "replacement"]

@@ -34,7 +34,8 @@ from typing import Any, Final
 
 import orjson
 
-from firewall.engine import Engine, apply_redactions, redactions
+from firewall.engine import Engine, apply_redactions
+from firewall.engine import replacement as _replace_with
 from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Part, PartKind, Span
 from firewall.policy.compiler import MESSAGE_VARIABLES, Policy
 from firewall.protocols._paths import set_at
@@ -217,6 +218,13 @@ class StreamGuard:
         self._finished = True
         return out + self._reader.failed(message)
 
+    def abort(self, message: str) -> bytes:
+        """End the stream at once with an error event, releasing nothing more."""
+        self._error = message
+        self._finished = True
+        self._held.clear()
+        return self._reader.failed(message)
+
     # -- reading ------------------------------------------------------------------------
 
     def _accept(self, event: StreamEvent) -> None:
@@ -273,7 +281,7 @@ class StreamGuard:
                 self._block_at(finding, settled, windows)
                 return
             for channel, start, end, span in settled:
-                replacement = self._replacement(finding, span)
+                replacement = _replace_with(self._policy, finding.rule, span.label or finding.rule)
                 if channel.kind is PartKind.TOOL_ARGUMENTS:
                     replacement = orjson.dumps(replacement).decode()[1:-1]  # stays a valid JSON string
                 if (start, end, replacement) not in channel.redactions:
@@ -292,12 +300,6 @@ class StreamGuard:
             if id(channel) in cuts:
                 self._withheld.append({"channel": channel.name, "start": channel.cut, "end": len(channel.text),
                                        "rule": finding.rule})
-
-    def _replacement(self, finding: Finding, span: Span) -> str:
-        decision = Decision(action=Action.REDACT, intended=Action.REDACT, mode=Mode.ENFORCE,
-                            findings=(dataclasses.replace(finding, spans=(dataclasses.replace(span, message=0, part=0),)),))
-        ((_, _, text),) = redactions(decision, self._policy)[(0, 0)]
-        return text
 
     def _safe_point(self, channel: _Channel, final: bool) -> int:
         if channel.cut is not None:

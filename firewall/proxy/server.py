@@ -55,6 +55,10 @@ class AuditSink(Protocol):
     def write(self, record: dict[str, Any]) -> Any: ...
 
 
+class _ClientGone(Exception):
+    """The client closed the connection while a stream was being sent to it."""
+
+
 class _AuditUnavailable(Exception):
     """The audit log cannot be written: what cannot be recorded is not forwarded."""
 
@@ -262,18 +266,27 @@ class Firewall:
                 await self._send(response, call, guard.close())
             except (aiohttp.ClientError, asyncio.TimeoutError) as error:
                 reason = str(error) or type(error).__name__
-                await self._send(response, call, guard.fail(f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})"))
+                await self._send(response, call, _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})"))
+            except BodyShapeError as error:
+                await self._send(response, call, _end(guard, f"agent-firewall: the {wire.provider} upstream sent a stream the firewall cannot inspect ({error})"))
+            except Exception as error:  # noqa: BLE001 - a bug must end the stream closed, not hang it
+                log.exception("internal error in stream %s", call.id)
+                await self._send(response, call, _end(guard, f"agent-firewall: internal error while inspecting the stream ({type(error).__name__})"))
             await response.write_eof()
-        except ConnectionResetError:
+        except _ClientGone:
             note = "the client went away mid-stream"
         finally:
             self._record_stream(call, wire, exchange, guard, note=note)
         return response
 
     async def _send(self, response: web.StreamResponse, call: _Call, data: bytes) -> None:
-        if data:
-            call.timings.setdefault("first_byte", time.perf_counter() - call.started)
+        if not data:
+            return
+        call.timings.setdefault("first_byte", time.perf_counter() - call.started)
+        try:
             await response.write(data)
+        except ConnectionResetError as error:  # aiohttp's own subclasses this too
+            raise _ClientGone from error
 
     def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard,
                        *, note: str | None) -> None:
@@ -362,6 +375,15 @@ class Firewall:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+
+
+def _end(guard: StreamGuard, message: str) -> bytes:
+    """End a stream with an error event after a failure, whatever state the guard is in."""
+    try:
+        return guard.fail(message)
+    except Exception:  # noqa: BLE001 - the guard itself failed: release nothing more
+        log.exception("stream guard failed while ending a stream")
+        return guard.abort(message)
 
 
 def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:

@@ -181,3 +181,32 @@ def test_stream_buffer_mode_still_inspects_everything(start_firewall, fake):
     text, _, _ = openai_stream(oai(running.openai_base))
     assert text == "key [KEY] here"
     assert "response" not in running.records(at_least=2)[-1]  # the buffered path records like a whole response
+
+
+def test_a_stream_the_firewall_cannot_read_ends_in_an_error_not_in_silence(start_firewall, fake):
+    fake.add_reply(raw=[sse(chunk("Fine so far. ")), b"data: {\"broken\xff\xfe\n\n", sse(chunk("never seen"))])
+    running = start_firewall()
+    received = ""
+    with pytest.raises(openai.APIError, match="cannot inspect"):
+        for part in oai(running.openai_base).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "go"}], stream=True):
+            received += (part.choices[0].delta.content or "") if part.choices else ""
+    assert "never seen" not in received
+    assert "cannot inspect" in running.records(at_least=2)[-1]["error"]
+
+
+def test_a_client_that_goes_away_mid_stream_is_recorded(start_firewall, fake):
+    import socket
+    from urllib.parse import urlsplit
+
+    fake.add_reply("word " * 200, events=100, chunk_delay=0.01)
+    running = start_firewall()
+    host, port = urlsplit(running.url).hostname, urlsplit(running.url).port
+    body = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "go"}]})
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert b"200 OK" in sock.recv(4096)
+    record = running.records(at_least=2, timeout=10)[-1]
+    assert record["direction"] == "response" and record.get("note") == "the client went away mid-stream"
+    assert record["events"]["in"] < 100
