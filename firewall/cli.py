@@ -222,7 +222,12 @@ def _summary(record: dict) -> str:  # type: ignore[type-arg]
     if record.get("source"):
         who = f"{record['source']}->{who}"
     rules = ",".join(rule["id"] for rule in record.get("rules", [])) or "-"
-    detail = record.get("event") or f"{record.get('messages', 0)} msgs"
+    if record.get("event"):
+        detail = record["event"]
+    elif "holdback_max_chars" in record:
+        detail = f"stream, held back <= {record['holdback_max_chars']} chars"
+    else:
+        detail = f"{record.get('messages', 0)} msgs"
     return (f"{record.get('seq', ''):>5} {str(record.get('ts', ''))[:23]} {record.get('exchange', '')} "
             f"{who:<22} {record.get('direction', ''):<8} {record.get('action', ''):<6} {rules:<36} {detail}")
 

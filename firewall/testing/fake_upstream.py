@@ -379,7 +379,10 @@ class _Provider:
                 break
             if count and chunk_delay:
                 await asyncio.sleep(chunk_delay)
-            await response.write(item)
+            try:
+                await response.write(item)
+            except ConnectionResetError:
+                return response  # the client stopped reading (a firewall that blocked): normal
             await _drained(self.request)
         if drop_after is None:
             await response.write_eof()

@@ -171,4 +171,6 @@ def test_demo_runs_offline_and_tells_the_story(tmp_path):
     assert "BLOCKED" in out and "violent-suggestion" in out
     assert "[REDACTED:openai_key]" in out and "the key itself reached it: no" in out
     assert "ai-to-ai" in out and "hash chain: verified" in out
+    assert "finish_reason=content_filter" in out and "poison" not in out
+    assert "Traceback" not in result.stderr
     assert main(["audit", "verify", str(audit)]) == 0
