@@ -20,7 +20,7 @@ remembered: history that an agent resends every turn costs a hash lookup.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +54,13 @@ class _Failure(Exception):
 class Engine:
     """Decides exchanges under one compiled policy. Create a new engine for a new policy."""
 
-    def __init__(self, policy: Policy, *, memo_size: int = 50_000) -> None:
+    def __init__(self, policy: Policy, *, memo_size: int = 50_000,
+                 only: Callable[[CompiledRule], bool] | None = None) -> None:
+        """`only` keeps a subset of the rules (a stream's windows need only the rules
+        that can still change the stream)."""
         self.policy = policy
-        self._rules = {direction: policy.rules_for(direction) for direction in Direction}
+        self._rules = {direction: tuple(rule for rule in policy.rules_for(direction) if only is None or only(rule))
+                       for direction in Direction}
         self._memo: dict[tuple[bytes, tuple[Any, ...]], tuple[_Hit, ...]] = {}
         self._memo_size = memo_size
 

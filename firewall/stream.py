@@ -7,16 +7,12 @@ choice's content, a tool call's arguments, a content block), inspects the growin
 with the same engine and policy as a whole message, and releases an event only once
 every character it carries has been checked and can no longer become part of a match.
 
-What it holds back is the least the active rules need (`HoldBack.for_policy`):
-
-- the longest match a list term or a bounded regex can make;
-- for an unbounded regex (a token of any length), its shortest match, and then any match
-  that still reaches the end of the text, until it stops growing;
-- for a `near` rule, the last words in which an anchor may still arrive;
-- for a model score or a free CEL condition, the text up to the last sentence boundary;
-
-never more than the policy's `stream.max_holdback` characters. A redaction that cannot
-close within that cap blocks the stream: fail closed.
+What it holds back is the least the rules that can still change the stream need (see
+`firewall/holdback.py`), never more than the policy's `stream.max_holdback` characters.
+A redaction that cannot close within that cap blocks the stream: fail closed. Each
+window is inspected by those rules only; when the stream ends, the whole text is
+inspected once more by every rule, so tags, monitor findings and scores are recorded as
+for any other response.
 
 A block releases the text before the offending span, then ends the stream the way the
 provider's SDK understands (`StreamReader.blocked`). A redaction rewrites the deltas that
@@ -27,91 +23,21 @@ every event stays valid JSON in its original order.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from firewall.engine import Engine, apply_redactions
 from firewall.engine import replacement as _replace_with
+from firewall.holdback import HoldBack, acts_mid_stream
 from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Part, PartKind, Span
-from firewall.policy.compiler import MESSAGE_VARIABLES, Policy
 from firewall.protocols._paths import set_at
 from firewall.protocols._sse import SSEDecoder
 from firewall.protocols.base import StreamDelta, StreamEvent, StreamReader
 
 __all__ = ["HoldBack", "StreamGuard", "StreamOutcome"]
-
-_PREFIX_TERM_SLACK: Final = 32  # how long the rest of a word after a `prefix*` term may be
-_CONTEXT_MIN: Final = 256  # released text kept in the window, for matches that look back
-_SENTENCE_END: Final = re.compile(r"[.!?\u3002\uff01\uff1f][\"')\]]*(?=\s)|\n")
-_WORD: Final = re.compile(r"\S+")
-_LISTS_IN_CEL: Final = re.compile(r"\b(?:mentions|near)\s*\(\s*['\"]([^'\"]+)['\"]")
-_PATTERNS_IN_CEL: Final = re.compile(r"\bpattern\s*\(\s*['\"]([^'\"]+)['\"]")
-_NEAR_IN_CEL: Final = re.compile(r"\bnear\s*\(\s*['\"][^'\"]+['\"]\s*,\s*\[[^\]]*\]\s*,\s*(\d+)")
-
-
-@dataclass(frozen=True, slots=True)
-class HoldBack:
-    """How much of the newest text to keep until more has arrived."""
-
-    chars: int  # the last `chars` characters
-    words: int  # the last `words` words
-    sentences: bool  # everything after the last sentence boundary
-    cap: int  # never more than this many characters
-
-    @classmethod
-    def for_policy(cls, policy: Policy) -> HoldBack:
-        spec = policy.stream
-        if spec.holdback is not None:
-            return cls(min(spec.holdback, spec.max_holdback), 0, False, spec.max_holdback)
-        chars = words = 0
-        sentences = False
-        for rule in policy.rules_for(Direction.RESPONSE):
-            if rule.mode is not Mode.ENFORCE or rule.action not in (Action.BLOCK, Action.REDACT):
-                continue  # a tag cannot change bytes already sent; it needs no hold-back
-            lists, patterns = set(rule.lists), set(rule.patterns)
-            if rule.near is not None:
-                lists.add(rule.near.list)
-                words = max(words, rule.near.within + _words_in(policy, rule.near.list))
-            if rule.thresholds or rule.detectors:
-                sentences = True
-            if rule.condition is not None:
-                source = rule.condition.source
-                lists |= set(_LISTS_IN_CEL.findall(source))
-                patterns |= set(_PATTERNS_IN_CEL.findall(source))
-                for within in _NEAR_IN_CEL.findall(source):
-                    words = max(words, int(within) + max((_words_in(policy, n) for n in lists), default=1))
-                # A condition over the text itself (not through a span function) can
-                # turn on any sentence: wait for sentences to end.
-                if rule.condition_variables & MESSAGE_VARIABLES:
-                    sentences = True
-            chars = max(chars, *(_list_width(policy, name) for name in lists), 0)
-            chars = max(chars, *(_regex_width(policy.spec.patterns[name], spec.max_holdback) for name in patterns), 0)
-        return cls(min(chars, spec.max_holdback), words, sentences, spec.max_holdback)
-
-
-def _list_width(policy: Policy, name: str) -> int:
-    terms = policy.spec.lists.get(name, [])
-    return max((len(t.rstrip("*")) + (_PREFIX_TERM_SLACK if t.endswith("*") else 0) for t in terms), default=0)
-
-
-def _words_in(policy: Policy, name: str) -> int:
-    return max((len(term.split()) for term in policy.spec.lists.get(name, [])), default=1)
-
-
-def _regex_width(pattern: str, cap: int) -> int:
-    """The longest match a regex can make, or for an unbounded one its shortest (a match
-    that still reaches the end of the text is held until it stops growing)."""
-    try:
-        import re._parser as sre_parse  # the stdlib's own regex parser, for its width
-
-        low, high = sre_parse.parse(pattern).getwidth()
-    except Exception:  # noqa: BLE001 - RE2 syntax Python does not read: be conservative
-        return cap
-    return high if high <= cap else max(low, 1)
 
 
 @dataclass
@@ -161,8 +87,10 @@ class StreamOutcome:
 class StreamGuard:
     """Inspects one streamed response incrementally. Not thread-safe: one per stream."""
 
-    def __init__(self, engine: Engine, reader: StreamReader, request: Exchange, holdback: HoldBack | None = None) -> None:
+    def __init__(self, engine: Engine, reader: StreamReader, request: Exchange, holdback: HoldBack | None = None,
+                 window_engine: Engine | None = None) -> None:
         self._engine = engine
+        self._window_engine = window_engine or Engine(engine.policy, only=acts_mid_stream)
         self._reader = reader
         self._policy = engine.policy
         self._holdback = holdback or HoldBack.for_policy(engine.policy)
@@ -206,6 +134,7 @@ class StreamGuard:
         self._inspect(final=True)
         out = self._release()
         self._finished = True
+        self._inspect_whole()
         return out
 
     def fail(self, message: str) -> bytes:
@@ -216,6 +145,7 @@ class StreamGuard:
         self._inspect(final=True)
         out = self._release()
         self._finished = True
+        self._inspect_whole()
         return out + self._reader.failed(message)
 
     def abort(self, message: str) -> bytes:
@@ -244,13 +174,13 @@ class StreamGuard:
     def _inspect(self, *, final: bool) -> None:
         fresh = [c for c in self._channels.values() if len(c.text) > c.inspected and c.cut is None]
         if fresh and self._block is None:
-            context = max(self._holdback.chars, self._holdback.words * 16, _CONTEXT_MIN)
-            starts = [max(0, c.released - context) for c in fresh]
+            starts = [self._holdback.window_start(c.text, c.released) for c in fresh]
             messages = tuple(
                 Message(role="assistant", parts=(Part(c.text[start:], ("stream", c.name), c.kind),))
                 for c, start in zip(fresh, starts, strict=True)
             )
-            decision = self._engine.inspect(dataclasses.replace(self._context, messages=messages), remember=False)
+            decision = self._window_engine.inspect(dataclasses.replace(self._context, messages=messages),
+                                                   remember=False)
             for channel in fresh:
                 channel.inspected = len(channel.text)
                 channel.open_from = None
@@ -308,14 +238,12 @@ class StreamGuard:
         if final:
             return n
         hold = self._holdback
-        point = n - hold.chars
-        if hold.words:
-            starts = [m.start() for m in _WORD.finditer(channel.text, max(channel.released, n - hold.cap))]
-            point = min(point, starts[-hold.words] if len(starts) >= hold.words else channel.released)
-        if hold.sentences:
-            ends = [m.end() for m in _SENTENCE_END.finditer(channel.text, channel.released)]
-            point = min(point, ends[-1] if ends else channel.released)
-        point = max(point, n - hold.cap)
+        matches: list[tuple[int, int, str]] = []
+        if hold.needs_list_matches and n > channel.released:
+            offset = channel.released
+            (found,) = self._policy.patterns.score([channel.text[offset:]])
+            matches = [(offset + m.start, offset + m.end, m.label) for m in found.matches]
+        point = max(hold.hold_from(channel.text, channel.released, matches), n - hold.cap)
         if channel.open_from is not None:
             if n - channel.open_from > hold.cap and self._block is None:
                 self._fail_closed(channel)
@@ -333,6 +261,18 @@ class StreamGuard:
             other.cut = max(other.released, channel.open_from or 0) if other is channel else other.released
         self._withheld.append({"channel": channel.name, "start": channel.cut, "end": len(channel.text),
                                "rule": finding.rule})
+
+    def _inspect_whole(self) -> None:
+        """Every rule on the whole response, once: what only tags or monitors is recorded
+        here, as it would be for a response that was not streamed."""
+        channels = [c for c in self._channels.values() if c.text]
+        if not channels or self._block is not None:
+            return
+        messages = tuple(Message(role="assistant", parts=(Part(c.text, ("stream", c.name), c.kind),)) for c in channels)
+        decision = self._engine.inspect(dataclasses.replace(self._context, messages=messages), remember=False)
+        acting = {rule.id for rule in self._policy.rules if acts_mid_stream(rule)}
+        late = dataclasses.replace(decision, findings=tuple(f for f in decision.findings if f.rule not in acting))
+        self._collect(late, {index: (channel, 0) for index, channel in enumerate(channels)})
 
     # -- releasing ----------------------------------------------------------------------
 

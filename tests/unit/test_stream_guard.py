@@ -202,12 +202,6 @@ def test_fail_releases_what_was_checked_then_an_error(default_policy):
     assert stream_guard.feed(b"data: late\n\n") == b""
 
 
-def test_the_default_policy_holds_back_what_its_rules_need(default_policy):
-    hold = HoldBack.for_policy(default_policy)
-    assert hold.words == 6 + 3  # near within 6, and the longest term has three words
-    assert 20 <= hold.chars <= 64 and not hold.sentences and hold.cap == 2048
-
-
 def test_model_rules_hold_to_a_sentence_boundary(load_policy):
     policy = load_policy("""
         version: 1
@@ -223,12 +217,8 @@ def test_model_rules_hold_to_a_sentence_boundary(load_policy):
     assert texts(first + rest)["choices.0.content"] == "Hello there. How are you? Fine."
 
 
-def test_tag_rules_need_no_holdback_and_buffer_mode_is_a_policy_choice(load_policy):
-    policy = load_policy("""
-        version: 1
-        name: tags
-        stream: buffer
-        rules: [{id: t, match: {scores: {toxicity: 0.9}}, action: {tag: toxic}}]
-    """)
-    assert HoldBack.for_policy(policy) == HoldBack(0, 0, False, 2048)
-    assert policy.stream.mode == "buffer"
+def test_plain_prose_is_released_at_once(default_policy):
+    stream_guard = guard(default_policy)
+    events = openai_events(["The report ", "is ready ", "and the charts ", "look fine"])
+    out = b"".join(stream_guard.feed(event) for event in events[:4])
+    assert texts(out)["choices.0.content"] == "The report is ready and the charts "  # nothing could match
