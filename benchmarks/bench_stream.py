@@ -371,8 +371,8 @@ def _replay(sample: bytes, policy_path: Path) -> Replay:
     guard.close()
     if wait is None:
         raise SystemExit("replay: the StreamGuard released no text before the end of the stream")
-    described = f"last {holdback.chars} characters / {holdback.words} words" + (
-        ", up to the last sentence end" if holdback.sentences else "")
+    described = ("the unfinished tail that could still become a listed term or a secret, and listed terms "
+                 "awaiting a near anchor" + (", up to the last sentence end" if holdback.sentences else ""))
     return Replay(wait, guard.outcome().holdback_max, described)
 
 

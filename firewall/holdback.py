@@ -28,6 +28,7 @@ __all__ = ["HoldBack", "acts_mid_stream"]
 _PREFIX_LIMIT: Final = 64  # literal prefixes of one regex beyond which it counts as having none
 _SENTENCE_END: Final = re.compile(r"[.!?\u3002\uff01\uff1f][\"')\]]*(?=\s)|\n")
 _WORD: Final = re.compile(r"\S+")
+_WORD_START: Final = re.compile(r"(?<!\S)\S|(?<!\w)\w")  # after a space, or a word after a non-word
 _LISTS_IN_CEL: Final = re.compile(r"\b(?:mentions|near)\s*\(\s*['\"]([^'\"]+)['\"]")
 _PATTERNS_IN_CEL: Final = re.compile(r"\bpattern\s*\(\s*['\"]([^'\"]+)['\"]")
 _NEAR_IN_CEL: Final = re.compile(r"\bnear\s*\(\s*['\"]([^'\"]+)['\"]\s*,\s*\[[^\]]*\]\s*,\s*(\d+)")
@@ -40,12 +41,23 @@ def acts_mid_stream(rule: CompiledRule) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Regex:
-    prefixes: tuple[str, ...]  # every match starts with one of these (lower-cased if ignorecase)
-    partials: frozenset[str]  # their proper prefixes: what the end of the text may be
-    width: int  # how far past its start a match may still be incomplete
-    finder: re.Pattern[str]  # the prefixes, as one alternation
+class _Prefixes:
+    """The literal prefixes of the regexes that act mid-stream (of one case mode): a match
+    can only begin where one of them does."""
+
+    width: dict[str, int]  # prefix -> how far past its start a match may still be incomplete
+    partials: frozenset[str]  # proper prefixes of the prefixes: what the end of the text may be
+    finder: re.Pattern[str]  # the prefixes as one alternation, longest first
+    reach: int
+    longest_partial: int
     ignorecase: bool
+
+    @classmethod
+    def build(cls, widths: dict[str, int], ignorecase: bool) -> _Prefixes:
+        ordered = sorted(widths, key=len, reverse=True)
+        partials = frozenset(p[:size] for p in widths for size in range(1, len(p)))
+        return cls(widths, partials, re.compile("|".join(map(re.escape, ordered))), max(widths.values()),
+                   max(map(len, partials), default=0), ignorecase)
 
 
 @dataclass(frozen=True)
@@ -55,10 +67,11 @@ class HoldBack:
     terms: tuple[str, ...] = ()  # list terms, lower-cased, spaces collapsed, sorted (prefix terms: the stem)
     longest_term: int = 0
     near: tuple[tuple[str, int], ...] = ()  # (list label, within words)
-    regexes: tuple[_Regex, ...] = ()
+    regexes: tuple[_Prefixes, ...] = ()
     blind: int = 0  # regexes without a literal prefix: the last `blind` characters
     sentences: bool = False  # a model score or a condition over the text: whole sentences only
     look_back_words: int = 0  # released words a window must still show (a near anchor before a term)
+    reach: int = 32  # released characters a window must still show (a match that began there)
 
     @classmethod
     def for_policy(cls, policy: Policy) -> HoldBack:
@@ -87,13 +100,17 @@ class HoldBack:
                 sentences = sentences or bool(rule.condition_variables & MESSAGE_VARIABLES)
         lists.update(near)
         terms = sorted({_collapse(term.rstrip("*").lower()) for name in lists for term in policy.spec.lists.get(name, [])})
-        regexes, blind = [], 0
+        widths: dict[bool, dict[str, int]] = {False: {}, True: {}}
+        blind = 0
         for name in sorted(patterns):
-            compiled = _regex(policy.spec.patterns[name], spec.max_holdback)
-            if isinstance(compiled, _Regex):
-                regexes.append(compiled)
-            else:
-                blind = max(blind, compiled)
+            found = _regex(policy.spec.patterns[name], spec.max_holdback)
+            if isinstance(found, int):
+                blind = max(blind, found)
+                continue
+            prefixes, width, ignorecase = found
+            for prefix in prefixes:
+                widths[ignorecase][prefix] = max(width, widths[ignorecase].get(prefix, 0))
+        regexes = [_Prefixes.build(found, ignorecase) for ignorecase, found in widths.items() if found]
         return cls(
             cap=spec.max_holdback,
             terms=tuple(terms),
@@ -103,6 +120,8 @@ class HoldBack:
             blind=min(blind, spec.max_holdback),
             sentences=sentences,
             look_back_words=max(near.values(), default=0),
+            reach=max(max(map(len, terms), default=0), min(blind, spec.max_holdback),
+                      *(r.reach for r in regexes), 32),
         )
 
     @property
@@ -131,25 +150,18 @@ class HoldBack:
 
     def window_start(self, text: str, released: int) -> int:
         """Where the text to inspect begins: enough released text for a match to look back
-        (a `near` anchor before a term, a regex whose start was released)."""
-        reach = max(self.longest_term, self.blind, self.fixed or 0, *(r.width for r in self.regexes), 32)
-        start = max(0, released - reach)
-        if self.look_back_words:
-            words = [m.start() for m in _WORD.finditer(text, max(0, released - 48 * self.look_back_words), released)]
-            if len(words) >= self.look_back_words:
-                start = min(start, words[-self.look_back_words])
-            elif words:
-                start = min(start, words[0], max(0, released - 48 * self.look_back_words))
-        return start
+        (a `near` anchor up to `within` words before a term, a match that began there).
+        Words are counted as at most 48 characters each."""
+        return max(0, released - max(self.reach, self.fixed or 0, 48 * self.look_back_words))
 
     def _term_start(self, text: str, released: int) -> int:
         """The first word start in the tail from which the rest of the text could still
         grow into a listed term."""
         n = len(text)
-        for position in _word_starts(text, max(released, n - self.longest_term), n):
-            tail = _collapse(text[position:].lower())
+        for found in _WORD_START.finditer(text, max(released, n - self.longest_term)):
+            tail = _collapse(text[found.start():].lower())
             if tail and _is_proper_prefix(self.terms, tail):
-                return position
+                return found.start()
         return n
 
 
@@ -167,20 +179,6 @@ def _is_proper_prefix(terms: tuple[str, ...], tail: str) -> bool:
     return False
 
 
-def _word_starts(text: str, low: int, high: int) -> Iterable[int]:
-    for position in range(low, high):
-        char = text[position]
-        if char.isspace():
-            continue
-        before = text[position - 1] if position else " "
-        if before.isspace() or (_is_word(char) and not _is_word(before)):
-            yield position
-
-
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
 def _words_after(text: str, position: int, limit: int) -> int:
     count = 0
     for _ in _WORD.finditer(text, position):
@@ -190,23 +188,27 @@ def _words_after(text: str, position: int, limit: int) -> int:
     return count
 
 
-def _regex_start(regex: _Regex, text: str, released: int) -> int:
+def _regex_start(prefixes: _Prefixes, text: str, released: int) -> int:
     n = len(text)
-    low = max(released, n - regex.width)
-    haystack = text[low:].lower() if regex.ignorecase else text[low:]
-    found = regex.finder.search(haystack)
-    point = low + found.start() if found else n
-    # The end of the text may be the beginning of a prefix.
-    for size in range(min(max(map(len, regex.partials), default=0), n - released), 0, -1):
+    low = max(released, n - prefixes.reach)
+    haystack = text[low:].lower() if prefixes.ignorecase else text[low:]
+    point = n
+    for found in prefixes.finder.finditer(haystack):
+        if n - (low + found.start()) < prefixes.width[found.group()]:
+            point = low + found.start()  # a match may be under way from here
+            break
+    for size in range(min(prefixes.longest_partial, n - released), 0, -1):
         tail = text[n - size:]
-        if (tail.lower() if regex.ignorecase else tail) in regex.partials:
-            return min(point, n - size)
+        if (tail.lower() if prefixes.ignorecase else tail) in prefixes.partials:
+            return min(point, n - size)  # the end of the text may begin a prefix
     return point
 
 
-def _regex(pattern: str, cap: int) -> _Regex | int:
-    """What holding a regex needs: its literal prefixes and reach, or, for a regex with no
-    literal prefix, a number of characters to hold."""
+def _regex(pattern: str, cap: int) -> tuple[list[str], int, bool] | int:
+    """A regex's literal prefixes, how far past its start a match may still be incomplete
+    (the longest match, or the shortest for an unbounded regex: a longer match is held as
+    long as it reaches the end of the text), and whether it ignores case; or, for a
+    regex with no literal prefix, the number of characters to hold."""
     try:
         parsed = sre_parse.parse(pattern)
         low, high = parsed.getwidth()
@@ -215,12 +217,9 @@ def _regex(pattern: str, cap: int) -> _Regex | int:
     width = high if high <= cap else max(low, 1)
     ignorecase = bool(parsed.state.flags & re.IGNORECASE)
     prefixes, _ = _literal_prefixes(list(parsed))
-    if prefixes is None or not prefixes or min(map(len, prefixes)) < 2:
+    if not prefixes or min(map(len, prefixes)) < 2:
         return width
-    prefixes = sorted({p.lower() if ignorecase else p for p in prefixes})
-    partials = frozenset(p[:size] for p in prefixes for size in range(1, len(p)))
-    finder = re.compile("|".join(re.escape(p) for p in sorted(prefixes, key=len, reverse=True)))
-    return _Regex(tuple(prefixes), partials, width, finder, ignorecase)
+    return sorted({p.lower() if ignorecase else p for p in prefixes}), width, ignorecase
 
 
 def _literal_prefixes(items: list[tuple[Any, Any]]) -> tuple[list[str] | None, bool]:

@@ -33,6 +33,7 @@ from firewall.engine import Engine, apply_redactions
 from firewall.engine import replacement as _replace_with
 from firewall.holdback import HoldBack, acts_mid_stream
 from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Part, PartKind, Span
+from firewall.policy.compiler import CompiledRule
 from firewall.protocols._paths import set_at
 from firewall.protocols._sse import SSEDecoder
 from firewall.protocols.base import StreamDelta, StreamEvent, StreamReader
@@ -53,6 +54,7 @@ class _Channel:
     cut: int | None = None  # a block: nothing from here on is released
     redactions: list[tuple[int, int, str]] = field(default_factory=list)
     open_from: int | None = None  # the start of a match still reaching the end of the text
+    matches: list[tuple[int, int, str]] = field(default_factory=list)  # list/pattern matches in the last window
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ class StreamGuard:
                  window_engine: Engine | None = None) -> None:
         self._engine = engine
         self._window_engine = window_engine or Engine(engine.policy, only=acts_mid_stream)
+        self._pattern_gated = all(_needs_a_match(rule) for rule in engine.policy.rules if acts_mid_stream(rule))
         self._reader = reader
         self._policy = engine.policy
         self._holdback = holdback or HoldBack.for_policy(engine.policy)
@@ -174,17 +177,23 @@ class StreamGuard:
     def _inspect(self, *, final: bool) -> None:
         fresh = [c for c in self._channels.values() if len(c.text) > c.inspected and c.cut is None]
         if fresh and self._block is None:
-            starts = [self._holdback.window_start(c.text, c.released) for c in fresh]
-            messages = tuple(
-                Message(role="assistant", parts=(Part(c.text[start:], ("stream", c.name), c.kind),))
-                for c, start in zip(fresh, starts, strict=True)
-            )
-            decision = self._window_engine.inspect(dataclasses.replace(self._context, messages=messages),
-                                                   remember=False)
+            windows: list[tuple[_Channel, int]] = []
             for channel in fresh:
+                start = self._holdback.window_start(channel.text, channel.released)
+                (found,) = self._policy.patterns.score([channel.text[start:]])
+                channel.matches = [(start + m.start, start + m.end, m.label) for m in found.matches]
                 channel.inspected = len(channel.text)
                 channel.open_from = None
-            self._apply(decision, dict(enumerate(zip(fresh, starts, strict=True))), final)
+                # Most windows match no list or pattern at all; when every rule that acts
+                # mid-stream needs one, such a window cannot fire and costs no more.
+                if found.matches or not self._pattern_gated:
+                    windows.append((channel, start))
+            if windows:
+                messages = tuple(Message(role="assistant", parts=(Part(c.text[start:], ("stream", c.name), c.kind),))
+                                 for c, start in windows)
+                decision = self._window_engine.inspect(dataclasses.replace(self._context, messages=messages),
+                                                       remember=False)
+                self._apply(decision, dict(enumerate(windows)), final)
         for channel in self._channels.values():
             channel.safe = self._safe_point(channel, final)
         if self._block is not None:  # a block found while computing a safe point
@@ -238,12 +247,7 @@ class StreamGuard:
         if final:
             return n
         hold = self._holdback
-        matches: list[tuple[int, int, str]] = []
-        if hold.needs_list_matches and n > channel.released:
-            offset = channel.released
-            (found,) = self._policy.patterns.score([channel.text[offset:]])
-            matches = [(offset + m.start, offset + m.end, m.label) for m in found.matches]
-        point = max(hold.hold_from(channel.text, channel.released, matches), n - hold.cap)
+        point = max(hold.hold_from(channel.text, channel.released, channel.matches), n - hold.cap)
         if channel.open_from is not None:
             if n - channel.open_from > hold.cap and self._block is None:
                 self._fail_closed(channel)
@@ -360,6 +364,11 @@ class StreamGuard:
         return StreamOutcome(decision, tuple(c.name for c in self._channels.values()), released,
                              self._reader.tool_calls(), self._holdback_max, self._withheld,
                              self._events_in, self._events_out, self._error)
+
+
+def _needs_a_match(rule: CompiledRule) -> bool:
+    """A rule that cannot fire on a text in which no list term or pattern occurs."""
+    return bool(rule.lists or rule.patterns or rule.near) and rule.condition is None and not rule.thresholds
 
 
 @dataclass

@@ -62,7 +62,7 @@ def test_a_long_token_is_held_from_its_prefix(default):
 def test_the_default_policy_needs_no_sentences_and_keeps_its_cap(default):
     hold, _ = default
     assert not hold.sentences and hold.cap == 2048 and hold.blind == 0
-    assert {prefix for regex in hold.regexes for prefix in regex.prefixes} >= {"sk-", "AKIA", "ASIA", "AIza", "eyJ", "ghp_"}
+    assert {prefix for regex in hold.regexes for prefix in regex.width} >= {"sk-", "AKIA", "ASIA", "AIza", "eyJ", "ghp_"}
 
 
 def test_model_rules_hold_whole_sentences(load_policy):
