@@ -72,6 +72,9 @@ class HoldBack:
     sentences: bool = False  # a model score or a condition over the text: whole sentences only
     look_back_words: int = 0  # released words a window must still show (a near anchor before a term)
     reach: int = 32  # released characters a window must still show (a match that began there)
+    # Every rule that acts mid-stream needs a list term or a pattern to occur: a window
+    # in which none occurs cannot make one fire.
+    pattern_gated: bool = False
 
     @classmethod
     def for_policy(cls, policy: Policy) -> HoldBack:
@@ -82,9 +85,12 @@ class HoldBack:
         patterns: set[str] = set()
         near: dict[str, int] = {}
         sentences = False
+        gated = True
         for rule in policy.rules:
             if not acts_mid_stream(rule):
                 continue
+            gated = gated and bool(rule.lists or rule.patterns or rule.near) and rule.condition is None \
+                and not rule.thresholds
             lists.update(rule.lists)
             patterns.update(rule.patterns)
             if rule.near is not None:
@@ -122,6 +128,7 @@ class HoldBack:
             look_back_words=max(near.values(), default=0),
             reach=max(max(map(len, terms), default=0), min(blind, spec.max_holdback),
                       *(r.reach for r in regexes), 32),
+            pattern_gated=gated,
         )
 
     @property

@@ -33,7 +33,6 @@ from firewall.engine import Engine, apply_redactions
 from firewall.engine import replacement as _replace_with
 from firewall.holdback import HoldBack, acts_mid_stream
 from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Part, PartKind, Span
-from firewall.policy.compiler import CompiledRule
 from firewall.protocols._paths import set_at
 from firewall.protocols._sse import SSEDecoder
 from firewall.protocols.base import StreamDelta, StreamEvent, StreamReader
@@ -93,7 +92,7 @@ class StreamGuard:
                  window_engine: Engine | None = None) -> None:
         self._engine = engine
         self._window_engine = window_engine or Engine(engine.policy, only=acts_mid_stream)
-        self._pattern_gated = all(_needs_a_match(rule) for rule in engine.policy.rules if acts_mid_stream(rule))
+
         self._reader = reader
         self._policy = engine.policy
         self._holdback = holdback or HoldBack.for_policy(engine.policy)
@@ -186,7 +185,7 @@ class StreamGuard:
                 channel.open_from = None
                 # Most windows match no list or pattern at all; when every rule that acts
                 # mid-stream needs one, such a window cannot fire and costs no more.
-                if found.matches or not self._pattern_gated:
+                if found.matches or not self._holdback.pattern_gated:
                     windows.append((channel, start))
             if windows:
                 messages = tuple(Message(role="assistant", parts=(Part(c.text[start:], ("stream", c.name), c.kind),))
@@ -364,11 +363,6 @@ class StreamGuard:
         return StreamOutcome(decision, tuple(c.name for c in self._channels.values()), released,
                              self._reader.tool_calls(), self._holdback_max, self._withheld,
                              self._events_in, self._events_out, self._error)
-
-
-def _needs_a_match(rule: CompiledRule) -> bool:
-    """A rule that cannot fire on a text in which no list term or pattern occurs."""
-    return bool(rule.lists or rule.patterns or rule.near) and rule.condition is None and not rule.thresholds
 
 
 @dataclass

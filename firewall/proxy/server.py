@@ -29,7 +29,8 @@ from firewall.protocols import BodyShapeError, WireFormat, wire_format_for_path
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
-from firewall.stream import HoldBack, StreamGuard
+from firewall.holdback import HoldBack, acts_mid_stream
+from firewall.stream import StreamGuard
 
 TAGS_HEADER = "X-Firewall-Tags"
 EXCHANGE_HEADER = "X-Firewall-Exchange-Id"
@@ -84,6 +85,7 @@ class Firewall:
         self.audit = audit
         self.identities = IdentityResolver(policy.agents, header=config.agent_header)
         self._holdback = HoldBack.for_policy(policy)
+        self._window_engine = Engine(policy, only=acts_mid_stream)
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.app = web.Application(client_max_size=config.max_body_bytes)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -245,7 +247,7 @@ class Firewall:
                       upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         """Relay a streamed answer through one StreamGuard: text reaches the client only
         once checked; a block or a broken upstream ends the stream in the SDK's terms."""
-        guard = StreamGuard(self.engine, wire.stream_reader(), exchange, self._holdback)
+        guard = StreamGuard(self.engine, wire.stream_reader(), exchange, self._holdback, self._window_engine)
         if guard.at_start.action is Action.BLOCK:
             self._record_stream(call, wire, exchange, guard, note="blocked before the first event")
             return self._blocked(call, wire, exchange, guard.at_start)

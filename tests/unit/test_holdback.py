@@ -84,7 +84,7 @@ def test_tag_rules_need_nothing_and_a_fixed_holdback_is_exact(load_policy):
         lists: {bad: [murder]}
         rules: [{id: t, match: {lists: [bad]}, action: {tag: bad}}]
     """)
-    assert HoldBack.for_policy(tags) == HoldBack(cap=2048)
+    assert HoldBack.for_policy(tags) == HoldBack(cap=2048, pattern_gated=True)  # no rule acts mid-stream
     assert tags.stream.mode == "buffer"
     fixed = load_policy("""
         version: 1
