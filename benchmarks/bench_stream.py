@@ -259,7 +259,9 @@ def _measure(children: _Children, layout: Layout, tmp: Path, bounds: _Bounds, co
     tag = f"{config}-c{concurrency}"
     upstream_port = _free_port()
     upstream_log = tmp / f"{tag}-upstream.log"
-    upstream_cpu = layout.load_cpu if policy is not None else layout.tested_cpu
+    # The upstream shares the load generator's core in every run, direct included, so the
+    # only difference between a direct and a firewall run is the firewall on its own core.
+    upstream_cpu = layout.load_cpu
     upstream = children.start([sys.executable, "-m", "firewall.testing.fake_upstream",
                                "--listen", f"127.0.0.1:{upstream_port}", "--keep", "0"], upstream_cpu, upstream_log)
     firewall = None
@@ -392,7 +394,9 @@ def render(measurements: Sequence[Measurement], replay: Replay, layout: Layout, 
         "",
         f"- Machine: {machine['nproc']} CPUs ({machine['cpu']}), Linux {machine['kernel']}, "
         f"Python {machine['python']}; load average before the run {machine['load']}.",
-        f"- Layout: {layout.describe()}.",
+        f"- Layout: fake upstream and load generator on CPU {layout.load_cpu} in every run (direct included, so "
+        f"the runs differ only by the firewall); the firewall on CPU {layout.tested_cpu}." if layout.pinned
+        else f"- Layout: {layout.describe()}.",
         f"- Streams: POST /v1/chat/completions with `\"stream\": true`, bench_proxy's agent turn (fixed history "
         f"+ one new user message). The fake upstream streams a benign answer of {len(REPLY_TEXT.split())} words "
         f"({len(REPLY_TEXT)} characters) as {EVENTS} content events, {CHUNK_DELAY * 1000:g} ms apart "
