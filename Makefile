@@ -26,6 +26,7 @@ check: install
 	$(BIN)/agent-firewall test policies/*.yaml
 
 test: check
+	$(BIN)/ruff check firewall tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: install

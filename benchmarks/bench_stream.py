@@ -384,7 +384,6 @@ def _replay(sample: bytes, policy_path: Path) -> Replay:
 def render(measurements: Sequence[Measurement], replay: Replay, layout: Layout, machine: dict[str, str],
            bounds: _Bounds, quick: bool) -> str:
     by = {(m.config, m.concurrency): m for m in measurements}
-    k = replay.wait_events
     lines = [
         SECTION,
         "",

@@ -7,7 +7,6 @@ refusals included, writes an audit record.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -230,7 +229,7 @@ class Firewall:
                 data = await upstream_response.read()
                 status = upstream_response.status
                 response_headers = upstream_response.headers
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._refuse(call, wire, 504, f"the {wire.provider} upstream did not answer in time",
                                 event="upstream_timeout", direction="response")
         except aiohttp.ClientError as error:
@@ -266,7 +265,7 @@ class Firewall:
                     if guard.finished:
                         break
                 await self._send(response, call, guard.close())
-            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            except (TimeoutError, aiohttp.ClientError) as error:
                 reason = str(error) or type(error).__name__
                 await self._send(response, call, _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})"))
             except BodyShapeError as error:
@@ -350,7 +349,7 @@ class Firewall:
             ) as response:
                 data, status = await response.read(), response.status
                 headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP]
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
                                 event="upstream_unreachable", direction="response")
         self._record(event_record(
