@@ -125,10 +125,16 @@ class Engine:
         part of every message."""
         texts = [part.text for message in messages for part in message.parts]
         patterns = self.policy.patterns.score(texts)
-        detector_names = sorted(set().union(*(rule.detectors for rule in rules)))
+        needed = set().union(*(rule.detectors for rule in rules))
+        cascades = self.policy.cascades
+        needed |= {other for name in needed for other, _, _ in cascades.get(name, ())}
         detector_results: dict[str, list[DetectorResult]] = {}
-        for name in detector_names:
-            detector_results[name] = self._score(name, texts, failures)
+        # Cheap detectors first: a cascaded detector runs only where they are unsure.
+        for name in sorted(needed, key=lambda n: (n in cascades, n)):
+            if name in cascades:
+                detector_results[name] = self._score_in_band(name, texts, detector_results, failures)
+            else:
+                detector_results[name] = self._score(name, texts, failures)
 
         out: list[tuple[_Hit, ...]] = []
         offset = 0
@@ -156,6 +162,18 @@ class Engine:
                 raise failure from error
             failures.append(failure)
             return [DetectorResult() for _ in texts]
+
+    def _score_in_band(self, name: str, texts: list[str], cheap: dict[str, list[DetectorResult]],
+                       failures: list[_Failure]) -> list[DetectorResult]:
+        bands = self.policy.cascades[name]
+        unsure = [index for index in range(len(texts))
+                  if any(low <= cheap[other][index].scores.get(other, 0.0) <= high for other, low, high in bands)]
+        results = [DetectorResult() for _ in texts]
+        if unsure:
+            scored = self._score(name, [texts[index] for index in unsure], failures)
+            for index, result in zip(unsure, scored, strict=True):
+                results[index] = result
+        return results
 
     def _condition(self, rule: CompiledRule, context: dict[str, Any], failures: list[_Failure]) -> bool:
         """A rule's CEL condition; one that raises (a type error, a missing key) blocks
@@ -267,6 +285,11 @@ class _MessageView:
             if not found:
                 return None
             spans.extend(found)
+        if rule.detect:
+            found = self._detected(rule.detect)
+            if not found:
+                return None
+            spans.extend(found)
         scores: list[tuple[str, float]] = []
         for name, threshold in rule.thresholds:
             over = [(part, 0, len(self.message.parts[part].text), name)
@@ -285,6 +308,16 @@ class _MessageView:
 
     def _score(self, name: str) -> float:
         return max((result.scores.get(name, 0.0) for result in self.detectors[name]), default=0.0)
+
+    def _detected(self, entries: Sequence[str]) -> list[_PartSpan]:
+        """Spans of span detectors (`secrets`, or `pii:email` for one label)."""
+        found: list[_PartSpan] = []
+        for entry in entries:
+            name, _, label = entry.partition(":")
+            found.extend((part, match.start, match.end, match.label)
+                         for part, result in enumerate(self.detectors[name])
+                         for match in result.matches if not label or match.label == label)
+        return found
 
     def _matches(self, labels: set[str]) -> list[_PartSpan]:
         return [(part, match.start, match.end, match.label.split(":", 1)[1])

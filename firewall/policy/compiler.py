@@ -26,7 +26,8 @@ from firewall.policy.schema import AgentSpec, Defaults, NearSpec, PolicySpec, Po
 MESSAGE_VARIABLES = frozenset({"message", "text", "scores", "lists"})
 EXCHANGE_VARIABLES = frozenset({"direction", "agent", "source", "target", "model", "provider", "route"})
 CEL_FUNCTIONS = frozenset({"mentions", "near", "pattern"})
-KNOWN_DETECTORS = frozenset({"toxicity"})
+# Detectors a rule may use without declaring them (they need no options).
+KNOWN_DETECTORS = frozenset({"toxicity", "pii", "secrets", "injection"})
 
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 _SCORE_REFERENCE = re.compile(r"\bscores\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
@@ -47,6 +48,7 @@ class CompiledRule(NamedTuple):
     patterns: tuple[str, ...]
     near: NearSpec | None
     thresholds: tuple[tuple[str, float], ...]
+    detect: tuple[str, ...]  # span detectors, "name" or "name:label"
     condition: cel.Program | None
     condition_variables: frozenset[str]
     detectors: frozenset[str]
@@ -73,6 +75,7 @@ class Policy:
     patterns: PatternSet
     detectors: dict[str, Detector]
     detector_on_error: dict[str, str]
+    cascades: dict[str, tuple[tuple[str, float, float], ...]]  # detector -> bands of cheaper detectors
     agents: dict[str, AgentSpec]
     tests: tuple[PolicyTest, ...]
     stream: StreamSpec
@@ -89,13 +92,25 @@ def compile_policy(source: PolicySource) -> Policy:
     patterns = _compile_patterns(spec, where, problems)
     detectors: dict[str, Detector] = {}
     on_error: dict[str, str] = {}
+    cascades: dict[str, tuple[tuple[str, float, float], ...]] = {}
     for name, detector_spec in spec.detectors.items():
         try:
-            detectors[name] = CachedDetector(build_detector(name, detector_spec.model_dump(exclude={"on_error"})))
+            detectors[name] = CachedDetector(build_detector(name, detector_spec.options()))
         except (ValueError, ImportError) as error:
             problems.append(where.problem(("detectors", name), str(error)))
             continue
         on_error[name] = detector_spec.on_error or spec.defaults.on_error
+        for other, (low, high) in (detector_spec.when or {}).items():
+            if other == name or (other not in spec.detectors and other not in KNOWN_DETECTORS):
+                problems.append(where.problem(("detectors", name, "when", other), f"unknown detector {other!r} in 'when'"))
+            elif low > high:
+                problems.append(where.problem(("detectors", name, "when", other), f"empty band [{low}, {high}]"))
+        cascades[name] = tuple((other, low, high) for other, (low, high) in (detector_spec.when or {}).items())
+    for name, bands in cascades.items():
+        for other, _, _ in bands:
+            if other not in detectors and other in KNOWN_DETECTORS:
+                detectors[other] = CachedDetector(build_detector(other, {}))
+                on_error[other] = spec.defaults.on_error
 
     rules: list[CompiledRule] = []
     seen: dict[str, int] = {}
@@ -110,7 +125,11 @@ def compile_policy(source: PolicySource) -> Policy:
         for name in sorted(rule.detectors - detectors.keys()):
             if name in KNOWN_DETECTORS:
                 # A detector used but not configured runs with its defaults.
-                detectors[name] = CachedDetector(build_detector(name, {}))
+                try:
+                    detectors[name] = CachedDetector(build_detector(name, {}))
+                except (ValueError, ImportError) as error:
+                    problems.append(where.problem(loc, str(error)))
+                    continue
                 on_error[name] = spec.defaults.on_error
             else:
                 problems.append(where.problem(loc, f"unknown detector {name!r}: declare it under 'detectors' (known: {', '.join(sorted(KNOWN_DETECTORS))})"))
@@ -133,6 +152,7 @@ def compile_policy(source: PolicySource) -> Policy:
         patterns=patterns,
         detectors=detectors,
         detector_on_error=on_error,
+        cascades={name: bands for name, bands in cascades.items() if bands},
         agents=dict(spec.agents),
         tests=tuple(spec.tests),
         stream=spec.stream,
@@ -202,7 +222,9 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
     if match and match.near and match.near.list not in spec.lists:
         problems.append(where.problem((*loc, "match", "near", "list"), f"unknown list {match.near.list!r}"))
 
+    detect = tuple(match.detect or ()) if match else ()
     detectors = set((match.scores or {}).keys()) if match else set()
+    detectors |= {entry.partition(":")[0] for entry in detect}
     program, variables = None, frozenset[str]()
     if rule.if_ is not None:
         program, variables = _compile_condition(rule.if_, (*loc, "if"), spec, where, problems)
@@ -229,6 +251,7 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         patterns=patterns,
         near=match.near if match else None,
         thresholds=tuple(sorted((match.scores or {}).items())) if match else (),
+        detect=detect,
         condition=program,
         condition_variables=variables,
         detectors=frozenset(detectors),

@@ -44,9 +44,19 @@ class AgentSpec(_Strict):
     match: AgentMatch | None = None
 
 
-class DetectorSpec(_Strict):
-    backend: str = "embedded"
+class DetectorSpec(BaseModel):
+    """A detector's settings. Besides `on_error` and `when`, every field is the detector's
+    own option (`backend`, `checkpoint`, `endpoint`...), validated by the detector itself."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     on_error: Literal["block", "allow"] | None = None
+    # A cascade: run this (costly) detector on a message only when these cheaper
+    # detectors' scores fall inside [low, high], where they are unsure.
+    when: dict[str, tuple[Annotated[float, Field(ge=0.0, le=1.0)], Annotated[float, Field(ge=0.0, le=1.0)]]] | None = None
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class NearSpec(_Strict):
@@ -61,13 +71,14 @@ class MatchSpec(_Strict):
 
     lists: list[str] | None = None
     patterns: list[str] | None = None
+    detect: list[str] | None = None  # span detectors: "secrets", or "pii:email" for one label
     near: NearSpec | None = None
     scores: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
     roles: list[str] | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> MatchSpec:
-        if not any(v is not None for v in (self.lists, self.patterns, self.near, self.scores, self.roles)):
+        if not any(v is not None for v in (self.lists, self.patterns, self.detect, self.near, self.scores, self.roles)):
             raise ValueError("an empty match matches everything; remove it or give a condition")
         return self
 
