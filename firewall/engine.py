@@ -292,8 +292,9 @@ class _MessageView:
             spans.extend(found)
         scores: list[tuple[str, float]] = []
         for name, threshold in rule.thresholds:
+            results = self.detectors[name.partition(":")[0]]
             over = [(part, 0, len(self.message.parts[part].text), name)
-                    for part, result in enumerate(self.detectors[name]) if result.scores.get(name, 0.0) >= threshold]
+                    for part, result in enumerate(results) if result.scores.get(name, 0.0) >= threshold]
             if not over:
                 return None
             spans.extend(over)
@@ -344,7 +345,12 @@ class _MessageView:
                 "kinds": sorted({str(part.kind) for part in self.message.parts}),
             }
         if "scores" in variables:
-            ctx["scores"] = {name: self._score(name) for name in self.detectors}
+            scores = {name: 0.0 for name in self.detectors}
+            for results in self.detectors.values():
+                for result in results:
+                    for label, value in result.scores.items():
+                        scores[label] = max(value, scores.get(label, 0.0))
+            ctx["scores"] = scores
         if "lists" in variables:
             found = {match.label for result in self.patterns for match in result.matches}
             ctx["lists"] = {name: f"list:{name}" in found for name in self.policy.patterns.list_names}

@@ -40,11 +40,24 @@ def _embedded_toxicity(options: Mapping[str, Any]) -> Detector:
     return EmbeddedToxicity()
 
 
+def _lazy(module: str) -> Callable[[Mapping[str, Any]], Detector]:
+    """A factory from a module imported only when a policy uses it (heavy extras stay
+    optional)."""
+
+    def build(options: Mapping[str, Any]) -> Detector:
+        from importlib import import_module
+
+        return import_module(f"firewall.detectors.{module}").build(options)
+
+    return build
+
+
 # detector name -> backend name -> factory taking the config minus "backend"
 _BACKENDS: dict[str, dict[str, Callable[[Mapping[str, Any]], Detector]]] = {
     "toxicity": {"embedded": _embedded_toxicity},
+    "judge": {"openai": _lazy("judge")},
 }
-_DEFAULT_BACKEND = {"toxicity": "embedded"}
+_DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai"}
 
 
 def available_detectors() -> dict[str, tuple[str, ...]]:

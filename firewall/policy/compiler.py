@@ -223,12 +223,13 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         problems.append(where.problem((*loc, "match", "near", "list"), f"unknown list {match.near.list!r}"))
 
     detect = tuple(match.detect or ()) if match else ()
-    detectors = set((match.scores or {}).keys()) if match else set()
+    # A score is a detector's own ("toxicity") or one of its labels ("judge:violence").
+    detectors = {key.partition(":")[0] for key in (match.scores or {})} if match else set()
     detectors |= {entry.partition(":")[0] for entry in detect}
     program, variables = None, frozenset[str]()
     if rule.if_ is not None:
         program, variables = _compile_condition(rule.if_, (*loc, "if"), spec, where, problems)
-        detectors |= {a or b for a, b in _SCORE_REFERENCE.findall(rule.if_)}
+        detectors |= {(a or b).partition(":")[0] for a, b in _SCORE_REFERENCE.findall(rule.if_)}
 
     if rule.action.kind is Action.TAG and not rule.action.tags:
         problems.append(where.problem((*loc, "action"), "a tag action names its tag: {tag: name}"))
