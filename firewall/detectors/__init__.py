@@ -54,7 +54,7 @@ def _lazy(module: str) -> Callable[[Mapping[str, Any]], Detector]:
 
 # detector name -> backend name -> factory taking the config minus "backend"
 _BACKENDS: dict[str, dict[str, Callable[[Mapping[str, Any]], Detector]]] = {
-    "toxicity": {"embedded": _embedded_toxicity},
+    "toxicity": {"embedded": _embedded_toxicity, "detoxify": _lazy("detoxify_backend")},
     "judge": {"openai": _lazy("judge")},
 }
 _DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai"}
