@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import socket
@@ -46,6 +45,8 @@ from typing import Any, Final
 
 _REPO: Final = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))  # run as a plain script from a checkout, installed or not
+
+import results  # noqa: E402  (benchmarks/results.py, beside this script)
 
 SECTION: Final = "## Proxy overhead (issue 2)"
 CONCURRENCIES: Final = (1, 32)
@@ -510,19 +511,7 @@ def _aims(measurements: Sequence[Measurement], direct: dict[int, LoadResult]) ->
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace the proxy section of `path` (up to the next `## ` heading), or insert it
-    before the first other section; every other section is left as it is."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = section.rstrip("\n") + "\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}[^\n]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        first = re.search(r"^## ", text, re.M)
-        at = first.start() if first else len(text)
-        prefix = text[:at] if text[:at].endswith("\n\n") or not text[:at] else text[:at].rstrip("\n") + "\n\n"
-        text = prefix + block + text[at:]
-    path.write_text(text.rstrip("\n") + "\n")
+    results.write_section(path, SECTION, section)
 
 
 # -- main -------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import asyncio
 import datetime
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import results
 from bench_proxy import (
     DEFAULT_POLICY,
     Layout,
@@ -55,7 +55,6 @@ from bench_proxy import (
     _percentile,
     _wait_ready,
 )
-from bench_proxy import SECTION as PROXY_SECTION
 
 SECTION: Final = "## Streaming (issue 3)"
 EVENTS: Final = 20
@@ -508,23 +507,7 @@ def _aims(by: dict[tuple[str, int], Measurement], replay: Replay) -> list[str]:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace the streaming section of `path` (up to the next `## ` heading), or insert it
-    after the proxy section (else at the end); other sections are left as they are."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = section.rstrip("\n") + "\n\n"
-    ours = re.compile(rf"^{re.escape(SECTION)}[^\n]*\n.*?(?=^## |\Z)", re.S | re.M)
-    after = re.compile(rf"^{re.escape(PROXY_SECTION)}[^\n]*\n.*?(?=^## |\Z)", re.S | re.M)
-    if ours.search(text):
-        text = ours.sub(lambda _: block, text, count=1)
-    else:
-        found = after.search(text)
-        at = found.end() if found else len(text)
-        head = text[:at].rstrip("\n") + "\n\n"
-        text = head + block + text[at:]
-    path.write_text(text.rstrip("\n") + "\n")
-
-
-# -- main -------------------------------------------------------------------------------------
+    results.write_section(path, SECTION, section)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,8 +56,9 @@ def _lazy(module: str) -> Callable[[Mapping[str, Any]], Detector]:
 _BACKENDS: dict[str, dict[str, Callable[[Mapping[str, Any]], Detector]]] = {
     "toxicity": {"embedded": _embedded_toxicity, "detoxify": _lazy("detoxify_backend")},
     "judge": {"openai": _lazy("judge")},
+    "injection": {"builtin": _lazy("injection")},
 }
-_DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai"}
+_DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai", "injection": "builtin"}
 
 
 def available_detectors() -> dict[str, tuple[str, ...]]:
