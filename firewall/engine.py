@@ -19,6 +19,7 @@ remembered: history that an agent resends every turn costs a hash lookup.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 
 from firewall.detectors import DetectorResult, Match
 from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Rewrite, Span
+from firewall.normalize import Normalized, normalize
 from firewall.policy.compiler import CompiledRule, Policy
 
 # A rule that fired on one message: where (part, start, end, label) and how strongly.
@@ -123,8 +125,12 @@ class Engine:
                   failures: list[_Failure]) -> list[tuple[_Hit, ...]]:
         """Decide `rules` on each message; detectors are run once, batched, over every
         part of every message."""
-        texts = [part.text for message in messages for part in message.parts]
-        patterns = self.policy.patterns.score(texts)
+        # Detectors see each text as written, as normalised (folded look-alikes, joined
+        # spaced letters, removed invisibles) and every payload decoded from it; what they
+        # find is mapped back to the text as written, and merged per part.
+        variants = [variant for message in messages for part in message.parts for variant in _variants(part.text)]
+        texts = [variant.text for variant in variants]
+        patterns = _merge(self.policy.patterns.score(texts), variants)
         needed = set().union(*(rule.detectors for rule in rules))
         cascades = self.policy.cascades
         needed |= {other for name in needed for other, _, _ in cascades.get(name, ())}
@@ -132,9 +138,9 @@ class Engine:
         # Cheap detectors first: a cascaded detector runs only where they are unsure.
         for name in sorted(needed, key=lambda n: (n in cascades, n)):
             if name in cascades:
-                detector_results[name] = self._score_in_band(name, texts, detector_results, failures)
+                detector_results[name] = self._score_in_band(name, texts, variants, detector_results, failures)
             else:
-                detector_results[name] = self._score(name, texts, failures)
+                detector_results[name] = _merge(self._score(name, texts, failures), variants)
 
         out: list[tuple[_Hit, ...]] = []
         offset = 0
@@ -163,16 +169,18 @@ class Engine:
             failures.append(failure)
             return [DetectorResult() for _ in texts]
 
-    def _score_in_band(self, name: str, texts: list[str], cheap: dict[str, list[DetectorResult]],
-                       failures: list[_Failure]) -> list[DetectorResult]:
+    def _score_in_band(self, name: str, texts: list[str], variants: list[_Variant],
+                       cheap: dict[str, list[DetectorResult]], failures: list[_Failure]) -> list[DetectorResult]:
+        """The costly detector, on the parts where a cheaper one is unsure (as written only)."""
         bands = self.policy.cascades[name]
-        unsure = [index for index in range(len(texts))
-                  if any(low <= cheap[other][index].scores.get(other, 0.0) <= high for other, low, high in bands)]
-        results = [DetectorResult() for _ in texts]
+        firsts = [index for index, variant in enumerate(variants) if variant.first]
+        unsure = [part for part, _ in enumerate(firsts)
+                  if any(low <= cheap[other][part].scores.get(other, 0.0) <= high for other, low, high in bands)]
+        results = [DetectorResult() for _ in firsts]
         if unsure:
-            scored = self._score(name, [texts[index] for index in unsure], failures)
-            for index, result in zip(unsure, scored, strict=True):
-                results[index] = result
+            scored = self._score(name, [texts[firsts[part]] for part in unsure], failures)
+            for part, result in zip(unsure, scored, strict=True):
+                results[part] = result
         return results
 
     def _condition(self, rule: CompiledRule, context: dict[str, Any], failures: list[_Failure]) -> bool:
@@ -327,9 +335,10 @@ class _MessageView:
     def _near(self, list_name: str, words: Sequence[str], within: int) -> list[_PartSpan]:
         found: list[_PartSpan] = []
         for part_index, part in enumerate(self.message.parts):
-            matches: tuple[Match, ...] = self.policy.patterns.near(part.text, list_name, tuple(words), int(within))
-            found.extend((part_index, m.start, m.end, list_name) for m in matches)
-        return found
+            for variant in _variants(part.text):
+                matches: tuple[Match, ...] = self.policy.patterns.near(variant.text, list_name, tuple(words), int(within))
+                found.extend((part_index, *variant.to_original(m.start, m.end), list_name) for m in matches)
+        return list(dict.fromkeys(found))
 
     def _cel_context(self, rule: CompiledRule, context: dict[str, Any], recorded: list[_PartSpan]) -> dict[str, Any]:
         variables = rule.condition_variables
@@ -366,6 +375,56 @@ class _MessageView:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Variant:
+    """One way of reading a part's text: as written (`first`), normalised, or decoded."""
+
+    text: str
+    first: bool
+    normalized: Normalized | None  # maps offsets back to the text as written
+
+    def to_original(self, start: int, end: int) -> tuple[int, int]:
+        return (start, end) if self.normalized is None else self.normalized.to_original(start, end)
+
+
+@functools.lru_cache(maxsize=32_768)
+def _variants(text: str) -> tuple[_Variant, ...]:
+    normalized = normalize(text)
+    out = [_Variant(text, True, None)]
+    if normalized.text != text:
+        out.append(_Variant(normalized.text, False, normalized))
+    pending = list(normalized.views)
+    while pending:
+        view = pending.pop(0)
+        out.append(_Variant(view.text, False, view))
+        pending.extend(view.views)
+    return tuple(out)
+
+
+def _merge(results: Sequence[DetectorResult], variants: Sequence[_Variant]) -> list[DetectorResult]:
+    """One result per part from the results of its variants: the highest score per label,
+    and every match, mapped back to the text as written."""
+    merged: list[DetectorResult] = []
+    for result, variant in zip(results, variants, strict=True):
+        if variant.first:
+            merged.append(result)
+            continue
+        if not result.scores and not result.matches:
+            continue
+        previous = merged[-1]
+        scores = dict(previous.scores)
+        for label, value in result.scores.items():
+            scores[label] = max(value, scores.get(label, 0.0))
+        matches = list(previous.matches)
+        for match in result.matches:
+            start, end = variant.to_original(match.start, match.end)
+            mapped = Match(start, end, match.label)
+            if mapped not in matches:
+                matches.append(mapped)
+        merged[-1] = DetectorResult(scores, tuple(matches))
+    return merged
 
 
 def _in_scope(rule: CompiledRule, exchange: Exchange) -> bool:

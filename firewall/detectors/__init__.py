@@ -57,8 +57,11 @@ _BACKENDS: dict[str, dict[str, Callable[[Mapping[str, Any]], Detector]]] = {
     "toxicity": {"embedded": _embedded_toxicity, "detoxify": _lazy("detoxify_backend")},
     "judge": {"openai": _lazy("judge")},
     "injection": {"builtin": _lazy("injection")},
+    "pii": {"builtin": _lazy("pii")},
+    "secrets": {"builtin": _lazy("secrets")},
 }
-_DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai", "injection": "builtin"}
+_DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai", "injection": "builtin", "pii": "builtin",
+                    "secrets": "builtin"}
 
 
 def available_detectors() -> dict[str, tuple[str, ...]]:

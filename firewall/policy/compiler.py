@@ -17,6 +17,7 @@ import cel
 
 from firewall.detectors import CachedDetector, Detector, PatternError, PatternSet, build_detector, compile_regex
 from firewall.model import Action, Direction, Mode
+from firewall.normalize import normalize
 from firewall.policy.errors import PolicyError, PolicyProblem
 from firewall.policy.loader import PolicySource
 from firewall.policy.schema import AgentSpec, Defaults, NearSpec, PolicySpec, PolicyTest, StreamSpec
@@ -201,10 +202,18 @@ def _compile_patterns(spec: PolicySpec, where: Any, problems: list[PolicyProblem
         if not terms:
             problems.append(where.problem(("lists", name), "an empty list matches nothing"))
     try:
-        return PatternSet(lists=dict(spec.lists), regexes=regexes)
+        return PatternSet(lists={name: [_folded(term) for term in terms] for name, terms in spec.lists.items()},
+                          regexes=regexes)
     except PatternError as error:
         problems.append(where.problem(("lists",), str(error)))
         return PatternSet(lists={}, regexes={})
+
+
+def _folded(term: str) -> str:
+    """A list term as detectors see text: normalised ("niño" matches "nino" too)."""
+    prefix = term.endswith("*")
+    folded = normalize(term.rstrip("*")).text or term.rstrip("*")
+    return folded + ("*" if prefix else "")
 
 
 def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems: list[PolicyProblem]) -> CompiledRule | None:

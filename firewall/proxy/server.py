@@ -25,6 +25,7 @@ from firewall.engine import Engine
 from firewall.model import Action, Decision, Direction, Exchange
 from firewall.policy import Policy
 from firewall.protocols import BodyShapeError, WireFormat, wire_format_for_path
+from firewall.protocols._json import DuplicateKeyError, loads_strict
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
@@ -132,9 +133,14 @@ class Firewall:
             return self._refuse(call, wire, 413, f"request body is larger than the firewall's limit of {self.config.max_body_bytes} bytes",
                                 event="body_too_large")
         try:
-            body = orjson.loads(raw)
+            body = loads_strict(raw)
         except orjson.JSONDecodeError as error:
             return self._refuse(call, wire, 400, f"malformed JSON body: {error}", event="malformed_json")
+        except DuplicateKeyError as error:
+            # Parsers disagree on which duplicate wins: what the firewall inspects must be
+            # what the upstream reads, so such a body is refused.
+            return self._refuse(call, wire, 400, f"JSON body with a duplicate key at {error.path}",
+                                event="duplicate_key")
         try:
             parsed = wire.parse_request(body)
         except BodyShapeError as error:

@@ -109,8 +109,9 @@ def test_registry_builds_embedded_backend() -> None:
 @pytest.mark.parametrize(
     ("name", "config", "message"),
     [
-        ("toxicity", {"backend": "detoxify"}, "available backends: embedded"),
-        ("sentiment", {}, "available detectors: toxicity"),
+        ("toxicity", {"backend": "onnx"}, "available backends: detoxify, embedded"),
+        ("toxicity", {"backend": "detoxify"}, "checkpoint"),  # the detoxify backend names what it needs
+        ("sentiment", {}, "available detectors: injection, judge, pii, secrets, toxicity"),
         ("toxicity", {"backend": "embedded", "checkpoint": "x"}, "no options, got: checkpoint"),
     ],
 )
