@@ -25,6 +25,7 @@ from firewall.policy.compiler import MESSAGE_VARIABLES, CompiledRule, Policy
 
 __all__ = ["HoldBack", "acts_mid_stream"]
 
+_DETECT_TAIL_WORDS: Final = 8  # a phone number, an injected phrase: a few words at most
 _PREFIX_LIMIT: Final = 64  # literal prefixes of one regex beyond which it counts as having none
 _SENTENCE_END: Final = re.compile(r"[.!?\u3002\uff01\uff1f][\"')\]]*(?=\s)|\n")
 _WORD: Final = re.compile(r"\S+")
@@ -75,6 +76,7 @@ class HoldBack:
     # Every rule that acts mid-stream needs a list term or a pattern to occur: a window
     # in which none occurs cannot make one fire.
     pattern_gated: bool = False
+    tail_words: int = 0  # span detectors (`detect:`): the last words, where a match may still be growing
 
     @classmethod
     def for_policy(cls, policy: Policy) -> HoldBack:
@@ -86,6 +88,7 @@ class HoldBack:
         near: dict[str, int] = {}
         sentences = False
         gated = True
+        tail_words = 0
         for rule in policy.rules:
             if not acts_mid_stream(rule):
                 continue
@@ -93,9 +96,12 @@ class HoldBack:
                 and not rule.thresholds
             lists.update(rule.lists)
             patterns.update(rule.patterns)
+            if rule.detect:
+                tail_words = _DETECT_TAIL_WORDS
             if rule.near is not None:
                 near[rule.near.list] = max(near.get(rule.near.list, 0), rule.near.within)
-            sentences = sentences or bool(rule.thresholds or rule.detectors)
+            scored = rule.detectors - {entry.partition(":")[0] for entry in rule.detect}
+            sentences = sentences or bool(rule.thresholds or scored)
             if rule.condition is not None:
                 source = rule.condition.source
                 lists.update(_LISTS_IN_CEL.findall(source))
@@ -129,6 +135,7 @@ class HoldBack:
             reach=max(max(map(len, terms), default=0), min(blind, spec.max_holdback),
                       *(r.reach for r in regexes), 32),
             pattern_gated=gated,
+            tail_words=tail_words,
         )
 
     @property
@@ -153,6 +160,9 @@ class HoldBack:
         if self.sentences:
             ends = [m.end() for m in _SENTENCE_END.finditer(text, released)]
             point = min(point, ends[-1] if ends else released)
+        if self.tail_words:
+            starts = [m.start() for m in _WORD.finditer(text, max(released, n - 64 * self.tail_words))]
+            point = min(point, starts[-self.tail_words] if len(starts) >= self.tail_words else released)
         return max(point, released)
 
     def window_start(self, text: str, released: int) -> int:

@@ -107,3 +107,15 @@ def test_a_regex_without_a_literal_prefix_holds_its_width(load_policy):
     hold = HoldBack.for_policy(policy)
     assert hold.blind == 12 and hold.regexes == ()
     assert held(hold, policy, "call 1234 later please") == "later please"[-12:]
+
+
+def test_span_detectors_hold_the_last_words(load_policy):
+    policy = load_policy("""
+        version: 1
+        name: detect
+        rules: [{id: pii, direction: response, match: {detect: [pii]}, action: {redact: "[PII]"}}]
+    """)
+    hold = HoldBack.for_policy(policy)
+    assert hold.tail_words == 8 and not hold.pattern_gated
+    text = "one two three four five six seven eight nine ten"
+    assert text[hold.hold_from(text, 0):] == "three four five six seven eight nine ten"
