@@ -107,7 +107,7 @@ def compile_policy(source: PolicySource) -> Policy:
             elif low > high:
                 problems.append(where.problem(("detectors", name, "when", other), f"empty band [{low}, {high}]"))
         cascades[name] = tuple((other, low, high) for other, (low, high) in (detector_spec.when or {}).items())
-    for name, bands in cascades.items():
+    for bands in cascades.values():
         for other, _, _ in bands:
             if other not in detectors and other in KNOWN_DETECTORS:
                 detectors[other] = CachedDetector(build_detector(other, {}))
