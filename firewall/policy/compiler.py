@@ -228,8 +228,14 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
     for position, name in enumerate(patterns):
         if name not in spec.patterns:
             problems.append(where.problem((*loc, "match", "patterns", position), f"unknown pattern {name!r}"))
-    if match and match.near and match.near.list not in spec.lists:
-        problems.append(where.problem((*loc, "match", "near", "list"), f"unknown list {match.near.list!r}"))
+    near = match.near if match else None
+    if near and near.list not in spec.lists:
+        problems.append(where.problem((*loc, "match", "near", "list"), f"unknown list {near.list!r}"))
+    if near and near.near is not None:
+        if near.near not in spec.lists:
+            problems.append(where.problem((*loc, "match", "near", "near"), f"unknown list {near.near!r}"))
+        else:  # the anchors of a near rule are the words of that list
+            near = near.model_copy(update={"words": list(spec.lists[near.near]), "near": None})
 
     detect = tuple(match.detect or ()) if match else ()
     # A score is a detector's own ("toxicity") or one of its labels ("judge:violence").
@@ -259,7 +265,7 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         roles=frozenset(match.roles) if match and match.roles else None,
         lists=lists,
         patterns=patterns,
-        near=match.near if match else None,
+        near=near,
         thresholds=tuple(sorted((match.scores or {}).items())) if match else (),
         detect=detect,
         condition=program,

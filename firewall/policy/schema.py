@@ -60,9 +60,19 @@ class DetectorSpec(BaseModel):
 
 
 class NearSpec(_Strict):
+    """A term of `list` within `within` words of one of `words`, or of a term of the named
+    list `near` (Falco-style: the anchors are data too)."""
+
     list: str
-    words: list[str] = Field(min_length=1)
+    words: list[str] | None = Field(default=None, min_length=1)
+    near: str | None = None
     within: int = Field(default=6, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _anchors(self) -> NearSpec:
+        if (self.words is None) == (self.near is None):
+            raise ValueError("near needs 'words' (a list of words) or 'near' (the name of a list), not both")
+        return self
 
 
 class MatchSpec(_Strict):
