@@ -8,9 +8,9 @@ whole history on every turn, and only the new message should cost anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +39,20 @@ class Detector(Protocol):
 
 class DetectorError(RuntimeError):
     """A detector failed; the engine blocks unless the policy says on_error: allow."""
+
+
+def without_overlaps(found: list[tuple[int, int, int, str]]) -> list[Match]:
+    """(priority, start, end, label) candidates -> non-overlapping matches in text order;
+    where two overlap, the lower priority number (the more specific kind) wins."""
+    kept: list[Match] = []
+    for _, start, end, label in sorted(found):
+        if all(end <= other.start or start >= other.end for other in kept):
+            kept.append(Match(start, end, label))
+    kept.sort(key=lambda match: match.start)
+    return kept
+
+
+def reject_unknown_options(detector: str, options: Mapping[str, Any], valid: Iterable[str]) -> None:
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{detector}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import re2
 
-from firewall.detectors.base import EMPTY, DetectorResult, Match
+from firewall.detectors.base import EMPTY, DetectorResult, reject_unknown_options, without_overlaps
 
 __all__ = ["KINDS", "PiiDetector", "build"]
 
@@ -396,24 +396,13 @@ class PiiDetector:
                 found.append((priority, span[0], span[1], entry.label))
         if not found:
             return EMPTY
-        matches = _without_overlaps(found)
+        matches = without_overlaps(found)
         return DetectorResult(scores={match.label: 1.0 for match in matches}, matches=tuple(matches))
-
-
-def _without_overlaps(found: list[tuple[int, int, int, str]]) -> list[Match]:
-    kept: list[Match] = []
-    for _, start, end, label in sorted(found):
-        if all(end <= other.start or start >= other.end for other in kept):
-            kept.append(Match(start, end, label))
-    kept.sort(key=lambda match: match.start)
-    return kept
 
 
 def build(options: Mapping[str, Any]) -> PiiDetector:
     """The `pii` detector from its policy options: `{kinds: [email, card, …]}` or none."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(f"pii: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(_OPTIONS)}")
+    reject_unknown_options("pii", options, _OPTIONS)
     kinds = options.get("kinds")
     if kinds is not None and (
         isinstance(kinds, str) or not isinstance(kinds, Sequence) or not all(isinstance(kind, str) for kind in kinds)

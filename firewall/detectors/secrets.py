@@ -51,7 +51,7 @@ from typing import Any
 
 import re2
 
-from firewall.detectors.base import EMPTY, DetectorResult, Match
+from firewall.detectors.base import EMPTY, DetectorResult, reject_unknown_options, without_overlaps
 
 __all__ = ["LABELS", "SecretsDetector", "build"]
 
@@ -270,24 +270,13 @@ class SecretsDetector:
                     found.append((priority, start, end, entry.label))
         if not found:
             return EMPTY
-        matches = _without_overlaps(found)
+        matches = without_overlaps(found)
         return DetectorResult(scores={match.label: 1.0 for match in matches}, matches=tuple(matches))
-
-
-def _without_overlaps(found: list[tuple[int, int, int, str]]) -> list[Match]:
-    kept: list[Match] = []
-    for _, start, end, label in sorted(found):
-        if all(end <= other.start or start >= other.end for other in kept):
-            kept.append(Match(start, end, label))
-    kept.sort(key=lambda match: match.start)
-    return kept
 
 
 def build(options: Mapping[str, Any]) -> SecretsDetector:
     """The `secrets` detector from its policy options: `{entropy: false}` or none."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise ValueError(f"secrets: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(_OPTIONS)}")
+    reject_unknown_options("secrets", options, _OPTIONS)
     entropy = options.get("entropy", True)
     if not isinstance(entropy, bool):
         raise ValueError(f"secrets: entropy must be true or false, got {entropy!r}")
