@@ -7,10 +7,12 @@ refusals included, writes an audit record.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +88,9 @@ class Firewall:
         self.identities = IdentityResolver(policy.agents, header=config.agent_header)
         self._holdback = HoldBack.for_policy(policy)
         self._window_engine = Engine(policy, only=acts_mid_stream)
+        # Inspections that may wait (on a judge, on a large model) run on threads; the
+        # engine's caches are safe for that (dict operations under the GIL, locked caches).
+        self._slow = ThreadPoolExecutor(4, thread_name_prefix="inspect") if _has_slow_detectors(policy) else None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.app = web.Application(client_max_size=config.max_body_bytes)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -151,7 +156,7 @@ class Firewall:
             messages=parsed.messages, model=parsed.model, agent=identity.agent, source_agent=identity.source,
             target_agent=identity.target, stream=parsed.stream, body=body, raw=raw,
         )
-        decision = self._inspect(call, exchange)
+        decision = await self._inspect(call, exchange)
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
         if decision.rewrites:
@@ -160,9 +165,14 @@ class Firewall:
 
     # -- inspection -----------------------------------------------------------------
 
-    def _inspect(self, call: _Call, exchange: Exchange, *, status: int | None = None) -> Decision:
+    async def _inspect(self, call: _Call, exchange: Exchange, *, status: int | None = None) -> Decision:
         started = time.perf_counter()
-        decision = self.engine.inspect(exchange)
+        if self._slow is None:
+            decision = self.engine.inspect(exchange)
+        else:
+            # A detector that waits (a judge's round trip, a transformer model) must not
+            # stall every other request: inspection runs on the engine's own thread.
+            decision = await asyncio.get_running_loop().run_in_executor(self._slow, self.engine.inspect, exchange)
         call.timings[f"inspect_{exchange.direction}"] = time.perf_counter() - started
         if decision.action is not Action.BLOCK:
             call.tags.extend(tag for tag in decision.tags if tag not in call.tags)
@@ -242,7 +252,7 @@ class Firewall:
             return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
                                 event="upstream_unreachable", direction="response")
         call.timings["upstream"] = time.perf_counter() - started
-        return self._inspect_response(call, wire, exchange, status, response_headers, data)
+        return await self._inspect_response(call, wire, exchange, status, response_headers, data)
 
     def _streams_incrementally(self, upstream: aiohttp.ClientResponse) -> bool:
         return (upstream.status == 200 and self.policy.stream.mode == "incremental"
@@ -303,7 +313,7 @@ class Firewall:
             timings={**call.timings, "elapsed": time.perf_counter() - call.started}, note=note,
         ))
 
-    def _inspect_response(self, call: _Call, wire: WireFormat, request_exchange: Exchange, status: int,
+    async def _inspect_response(self, call: _Call, wire: WireFormat, request_exchange: Exchange, status: int,
                           headers: CIMultiDictProxy[str], data: bytes) -> web.Response:
         passthrough = [(key, value) for key, value in headers.items() if key.lower() not in _RESPONSE_DROP]
         content_type = headers.get("Content-Type", "")
@@ -329,7 +339,7 @@ class Firewall:
             agent=request_exchange.agent, source_agent=request_exchange.source_agent,
             target_agent=request_exchange.target_agent, stream=streamed, body=body, raw=data,
         )
-        decision = self._inspect(call, exchange, status=status)
+        decision = await self._inspect(call, exchange, status=status)
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
         if decision.rewrites:
@@ -382,6 +392,17 @@ class Firewall:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+        if self._slow is not None:
+            self._slow.shutdown(wait=False)
+
+
+def _has_slow_detectors(policy: Policy) -> bool:
+    """Detectors that wait on I/O or a large model, rather than compute in microseconds."""
+    return any(type(getattr(detector, "inner", detector)).__name__ in _SLOW_DETECTORS
+               for detector in policy.detectors.values())
+
+
+_SLOW_DETECTORS = frozenset({"JudgeDetector", "DetoxifyToxicity"})
 
 
 def _end(guard: StreamGuard, message: str) -> bytes:

@@ -64,3 +64,37 @@ def test_a_judge_that_is_down_fails_closed(load_policy, fake):
     """))
     decision = ask(engine, "poison her coffee")
     assert decision.action is Action.BLOCK and decision.blocking_rule == "detector-error:judge"
+
+
+def test_a_slow_judge_does_not_stall_other_requests(start_firewall, fake, upstream_server):
+    import threading
+    import time
+
+    import openai
+
+    _, upstream = upstream_server
+    fake.add_reply(VERDICT_HARMFUL, when="poison her coffee", delay=1.5)  # the judge, thinking
+    fake.add_reply("fine")
+    running = start_firewall(f"""
+        version: 1
+        name: slow-judge
+        detectors:
+          judge: {{endpoint: "{upstream.url}/v1", model: m, rubric: r, timeout: 5, when: {{toxicity: [0.2, 0.9]}}}}
+        rules: [{{id: judged, if: "scores.judge > 0.5", action: block}}]
+    """)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="k", max_retries=0)
+    outcome: dict[str, float] = {}
+
+    def slow() -> None:
+        try:
+            agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "poison her coffee"}])
+        except openai.PermissionDeniedError:
+            outcome["slow"] = time.monotonic()
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.2)  # the judged request is now waiting for its verdict
+    agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "have a lovely day"}])
+    assert thread.is_alive() and "slow" not in outcome  # answered while the judge was still thinking
+    thread.join(10)
+    assert "slow" in outcome  # and the judged one was blocked once its verdict came
