@@ -171,7 +171,7 @@ class Firewall:
             decision = self.engine.inspect(exchange)
         else:
             # A detector that waits (a judge's round trip, a transformer model) must not
-            # stall every other request: inspection runs on the engine's own thread.
+            # stall every other request: such inspections run on worker threads.
             decision = await asyncio.get_running_loop().run_in_executor(self._slow, self.engine.inspect, exchange)
         call.timings[f"inspect_{exchange.direction}"] = time.perf_counter() - started
         if decision.action is not Action.BLOCK:
