@@ -128,7 +128,8 @@ class Engine:
         # Detectors see each text as written, as normalised (folded look-alikes, joined
         # spaced letters, removed invisibles) and every payload decoded from it; what they
         # find is mapped back to the text as written, and merged per part.
-        variants = [variant for message in messages for part in message.parts for variant in _variants(part.text)]
+        ways = [[_variants(part.text) for part in message.parts] for message in messages]
+        variants = [variant for parts in ways for part in parts for variant in part]
         texts = [variant.text for variant in variants]
         patterns = _merge(self.policy.patterns.score(texts), variants)
         needed = set().union(*(rule.detectors for rule in rules))
@@ -144,12 +145,13 @@ class Engine:
 
         out: list[tuple[_Hit, ...]] = []
         offset = 0
-        for message in messages:
+        for message, message_ways in zip(messages, ways, strict=True):
             count = len(message.parts)
             view = _MessageView(
                 self,
                 failures,
                 message,
+                message_ways,
                 patterns[offset : offset + count],
                 {name: results[offset : offset + count] for name, results in detector_results.items()},
             )
@@ -260,11 +262,13 @@ class _MessageView:
     """One message with its detector results: what the rules and CEL functions see."""
 
     def __init__(self, engine: Engine, failures: list[_Failure], message: Message,
-                 patterns: Sequence[DetectorResult], detectors: dict[str, list[DetectorResult]]) -> None:
+                 ways: Sequence[tuple[_Variant, ...]], patterns: Sequence[DetectorResult],
+                 detectors: dict[str, list[DetectorResult]]) -> None:
         self.engine = engine
         self.policy = engine.policy
         self.failures = failures
         self.message = message
+        self.ways = ways  # per part: the text as written, normalised, decoded
         self.patterns = patterns
         self.detectors = detectors
 
@@ -334,8 +338,8 @@ class _MessageView:
 
     def _near(self, list_name: str, words: Sequence[str], within: int) -> list[_PartSpan]:
         found: list[_PartSpan] = []
-        for part_index, part in enumerate(self.message.parts):
-            for variant in _variants(part.text):
+        for part_index, variants in enumerate(self.ways):
+            for variant in variants:
                 matches: tuple[Match, ...] = self.policy.patterns.near(variant.text, list_name, tuple(words), int(within))
                 found.extend((part_index, *variant.to_original(m.start, m.end), list_name) for m in matches)
         return list(dict.fromkeys(found))
@@ -389,8 +393,18 @@ class _Variant:
         return (start, end) if self.normalized is None else self.normalized.to_original(start, end)
 
 
-@functools.lru_cache(maxsize=32_768)
 def _variants(text: str) -> tuple[_Variant, ...]:
+    # Short texts repeat (history, stream windows): remember them; long ones would make
+    # the cache's memory unbounded in practice, and cost little next to their scoring.
+    return _variants_cached(text) if len(text) <= 4096 else _read_ways(text)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _variants_cached(text: str) -> tuple[_Variant, ...]:
+    return _read_ways(text)
+
+
+def _read_ways(text: str) -> tuple[_Variant, ...]:
     normalized = normalize(text)
     out = [_Variant(text, True, None)]
     if normalized.text != text:
