@@ -235,15 +235,19 @@ def _loadgen_main(argv: Sequence[str]) -> None:
     parser.add_argument("--warmup-seconds", type=float, required=True)
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--watch", action="append", default=[], metavar="NAME=PID")
-    args = parser.parse_args(argv)
+    run_load(_load, parser.parse_args(argv))
+
+
+def run_load(load: Any, args: argparse.Namespace) -> None:
+    """Run a load generator's coroutine on uvloop (when installed) and print its result
+    as one JSON line for the driver; its own CPU is watched as `load`."""
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    watch_self = f"load={os.getpid()}"
-    args.watch.append(watch_self)
-    print(json.dumps(asdict(runner(_load(args)))), flush=True)
+    args.watch.append(f"load={os.getpid()}")
+    print(json.dumps(asdict(runner(load(args)))), flush=True)
 
 
 # -- the driver ------------------------------------------------------------------------------

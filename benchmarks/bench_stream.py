@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -36,12 +35,13 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import results
 from bench_proxy import (
+    run_load,
     DEFAULT_POLICY,
     Layout,
     _agent_firewall,
@@ -186,14 +186,7 @@ def _loadgen_main(argv: Sequence[str]) -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--watch", action="append", default=[], metavar="NAME=PID")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    args.watch.append(f"load={os.getpid()}")
-    print(json.dumps(asdict(runner(_load(args)))), flush=True)
+    run_load(_load, parser.parse_args(argv))
 
 
 # -- the driver ------------------------------------------------------------------------------

@@ -56,3 +56,14 @@ def reject_unknown_options(detector: str, options: Mapping[str, Any], valid: Ite
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"{detector}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
+
+
+def set_matches(candidates: Any, text: str) -> tuple[Any, str]:
+    """Which patterns of an RE2 set occur in `text`, and the text RE2 read. A lone
+    surrogate (possible after JSON decoding) cannot be UTF-8 encoded for RE2; "?" in its
+    place keeps every str offset."""
+    try:
+        return candidates.Match(text), text
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        return candidates.Match(text), text

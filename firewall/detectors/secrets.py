@@ -51,7 +51,7 @@ from typing import Any
 
 import re2
 
-from firewall.detectors.base import EMPTY, DetectorResult, reject_unknown_options, without_overlaps
+from firewall.detectors.base import EMPTY, DetectorResult, reject_unknown_options, set_matches, without_overlaps
 
 __all__ = ["LABELS", "SecretsDetector", "build"]
 
@@ -252,13 +252,7 @@ class SecretsDetector:
     def _score_one(self, text: str) -> DetectorResult:
         if not text:
             return EMPTY
-        try:
-            hits = self._candidates.Match(text)
-        except UnicodeEncodeError:
-            # A lone surrogate (possible after JSON decoding) cannot be UTF-8 encoded for
-            # RE2; "?" in its place keeps every str offset.
-            text = text.encode("utf-8", "replace").decode("utf-8")
-            hits = self._candidates.Match(text)
+        hits, text = set_matches(self._candidates, text)
         if hits is None:
             return EMPTY
         found: list[tuple[int, int, int, str]] = []  # priority, start, end, label
