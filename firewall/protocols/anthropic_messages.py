@@ -22,10 +22,19 @@ from firewall.protocols._paths import (
     shape_error as _shape,
     string_leaves,
 )
+from firewall.protocols._memo import MessageMemo
 from firewall.protocols._sse import parse_events, render_event
 from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
 
 __all__ = ["AnthropicMessages"]
+
+_MEMO: Final = MessageMemo()
+
+
+def _parse_entry(raw: Any, i: int) -> Message:
+    where: Path = ("messages", i)
+    msg = _object(raw, where)
+    return _parse_message(_required_str(msg, "role", where), msg.get("content"), (*where, "content"))
 
 # https://docs.anthropic.com/en/api/errors; 504 is `timeout_error` there and in the SDK.
 _ERROR_TYPES: Final = {
@@ -59,9 +68,7 @@ class AnthropicMessages:
         if system is not None:
             parsed.append(Message(role="system", parts=_system_parts(system)))
         for i, raw in enumerate(messages):
-            where: Path = ("messages", i)
-            msg = _object(raw, where)
-            parsed.append(_parse_message(_required_str(msg, "role", where), msg.get("content"), (*where, "content")))
+            parsed.append(_MEMO.parse(i, raw, lambda raw=raw, i=i: _parse_entry(raw, i)))
         model = _optional_str(obj, "model", ())
         stream = obj.get("stream")
         if stream is not None and not isinstance(stream, bool):

@@ -25,10 +25,13 @@ from firewall.protocols._paths import (
     shape_error as _shape,
     string_leaves,
 )
+from firewall.protocols._memo import MessageMemo
 from firewall.protocols._sse import parse_events, render_event
 from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
 
 __all__ = ["OpenAIChat"]
+
+_MEMO: Final = MessageMemo()
 
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
@@ -51,7 +54,10 @@ class OpenAIChat:
         messages = obj.get("messages")
         if not isinstance(messages, list):
             raise _shape(("messages",), "an array" if "messages" in obj else "an array (it is missing)")
-        parsed = tuple(_parse_message(m, ("messages", i), default_role=None) for i, m in enumerate(messages))
+        parsed = tuple(
+            _MEMO.parse(i, m, lambda m=m, i=i: _parse_message(m, ("messages", i), default_role=None))
+            for i, m in enumerate(messages)
+        )
         return ParsedRequest(messages=parsed, model=_optional_str(obj, "model", ()), stream=_stream_flag(obj))
 
     def parse_response(self, body: Any) -> tuple[Message, ...]:
