@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from firewall.model import Decision, Exchange, Finding
+from firewall.model import Action, Decision, Direction, Exchange, Finding
 
 if TYPE_CHECKING:
     from firewall.stream import StreamOutcome
@@ -68,11 +68,26 @@ def exchange_record(
         record["reason"] = decision.reason
     if decision.rewrites:
         record["redacted_parts"] = len(decision.rewrites)
+    if exchange.direction is Direction.RESPONSE and decision.action is not Action.BLOCK:
+        record["response"] = released_response(exchange, decision)
     if status is not None:
         record["status"] = status
     if note:
         record["note"] = note
     return record
+
+
+def released_response(exchange: Exchange, decision: Decision) -> dict[str, Any]:
+    """The response as the agent received it (redactions applied), in the shape of an
+    end-of-stream record, so a reviewer reads streamed and whole answers alike."""
+    rewritten = {rewrite.path: rewrite.text for rewrite in decision.rewrites}
+    text: dict[str, str] = {}
+    for message in exchange.messages:
+        for part in message.parts:
+            key = ".".join(str(item) for item in part.path)
+            text[key] = rewritten.get(part.path, part.text)
+    calls = [{"id": call.id, "name": call.name} for message in exchange.messages for call in message.tool_calls]
+    return {"text": text, "tool_calls": calls}
 
 
 def event_record(

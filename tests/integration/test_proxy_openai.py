@@ -225,3 +225,13 @@ def test_monitor_mode_forwards_and_records_what_would_have_happened(start_firewa
     assert (record["agent"], record["identified_by"]) == ("planner", "policy")
     assert (record["action"], record["intended"]) == ("allow", "block")
     assert record["rules"][0]["mode"] == "monitor"
+
+
+def test_the_response_record_holds_what_the_agent_received(start_firewall, fake):
+    fake.add_reply(f"Your key is {OPENAI_KEY}.", tool="save", arguments={"note": "ok"})
+    running = start_firewall()
+    client(running.openai_base).chat.completions.create(model="m", messages=[{"role": "user", "content": "key?"}])
+    response = running.records()[1]["response"]
+    assert response["text"]["choices.0.message.content"] == "Your key is [REDACTED:openai_key]."
+    assert response["tool_calls"][0]["name"] == "save"
+    assert OPENAI_KEY not in running.audit_path.read_text()

@@ -180,7 +180,9 @@ def test_stream_buffer_mode_still_inspects_everything(start_firewall, fake):
     """)
     text, _, _ = openai_stream(oai(running.openai_base))
     assert text == "key [KEY] here"
-    assert "response" not in running.records(at_least=2)[-1]  # the buffered path records like a whole response
+    record = running.records(at_least=2)[-1]
+    assert "holdback_max_chars" not in record  # the buffered path records like a whole response
+    assert record["response"]["text"]["choices.0.message.content"] == "key [KEY] here"
 
 
 def test_a_stream_the_firewall_cannot_read_ends_in_an_error_not_in_silence(start_firewall, fake):
