@@ -1,8 +1,9 @@
 """What one audit record says about one inspected direction of an exchange.
 
-Message texts are not copied into the log: a record names the rules that fired, their
-scores and the offsets of what they matched, which is what a reviewer needs to find the
-span again without the log becoming a second copy of every secret it caught.
+A record names the rules that fired, their scores and the offsets of what they matched.
+Request texts are not copied into the log; a response record holds the answer as the
+agent received it, after redaction, so the log never becomes a second copy of the
+secrets it caught, yet a reviewer can read what one agent said to the next.
 """
 
 from __future__ import annotations
