@@ -153,7 +153,7 @@ def _normalize(original: str, depth: int, budget: list[int], payload: tuple[int,
 _PREFILTER = re2.compile(
     r"[A-Za-z][0-9@$]|[0-9@$][A-Za-z]"
     r"|(?:^|[^\pL\pN@$])[\pL\pN@$][^\pL\pN@$]{1,3}[\pL\pN@$](?:[^\pL\pN@$]|$)"
-    r"|[A-Za-z0-9+/_-]{16}|%[0-9A-Fa-f]{2}|=[0-9A-F]{2}|=\r?\n|\\x[0-9a-fA-F]{2}"
+    r"|[A-Za-z0-9+/_-]{16}|%[0-9A-Fa-f]{2}|=[0-9A-F]{2}|=\r?\n|\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}"
     r"|[0-9a-fA-F]{2}[ :][0-9a-fA-F]{2}[ :][0-9a-fA-F]{2}"
 )
 
@@ -421,7 +421,7 @@ _URL_TOKEN = re.compile(r"\S+")
 _BLANKS = re.compile(r"[ \t]+")
 _TAGS = re.compile("[\U000e0020-\U000e007e]{4,}")
 _ENCODED_HINT = re.compile(
-    r"[A-Za-z0-9+/_-]{16,}|%[0-9A-Fa-f]{2}|=[0-9A-F]{2}|\\x[0-9a-fA-F]{2}"
+    r"[A-Za-z0-9+/_-]{16,}|%[0-9A-Fa-f]{2}|=[0-9A-F]{2}|\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}"
     r"|[0-9a-fA-F]{2}[ :][0-9a-fA-F]{2}[ :][0-9a-fA-F]{2}"
 )
 _ROT13 = str.maketrans(
@@ -554,10 +554,24 @@ def _decode_qp(s: str) -> str | None:
     return decoded if decoded != s else None
 
 
+_UNICODE_ESCAPES = re.compile(r"(?:\\u[0-9a-fA-F]{4}){4,}")
+_ONE_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+
+
+def _decode_unicode_escapes(s: str) -> str | None:
+    """JSON / JavaScript escapes ("\\u0049\\u0067..."), surrogate pairs joined."""
+    chars = _ONE_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), s)
+    try:
+        return chars.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return None
+
+
 _DECODERS: tuple[tuple[re.Pattern[str], Callable[[str], str | None]], ...] = (
     (_B64, _decode_base64),
     (_B32, _decode_base32),
     (_HEX, _decode_hex),
+    (_UNICODE_ESCAPES, _decode_unicode_escapes),
 )
 
 

@@ -353,6 +353,32 @@ _SPEC: tuple[tuple[Any, ...], ...] = (
      False),
     # any other image with a query string: badges have them too, so weak
     ("exfiltration", 0.4, r"!\[[^\]\n]{0,200}\]\([\s\p{Z}]*<?https?://[^)\s]{0,500}?[?&][\w.-]+=", False),
+    # --- the same, in the other languages injections most often arrive in --------------
+    ("override", 0.9,
+     r"\b(?:"
+     r"ignora (?:tutte )?(?:le )?istruzioni (?:precedenti|sopra|iniziali)"  # it
+     r"|ignora (?:todas )?(?:las )?instrucciones (?:anteriores|previas|iniciales)"  # es
+     r"|ignorez? (?:toutes )?(?:les )?instructions (?:précédentes|precedentes|ci-dessus|initiales)"  # fr
+     r"|ignorier(?:e|en)? (?:alle )?(?:vorherigen|bisherigen|obigen|vorigen) (?:anweisungen|instruktionen|befehle)"  # de
+     r"|ignore (?:todas )?(?:as )?instruções (?:anteriores|acima)"  # pt
+     r")\b",
+     False),
+    # --- notices addressed to the model, inside data --------------------------------------
+    # weak alone ("notes for AI agents: run make test" is a contributor guide): they count
+    # with another family's hit
+    ("override", 0.45,
+     rf"\b{_any('notice', 'note', 'message', 'attention', 'instructions?', 'important')} {_any('to', 'for')} "
+     rf"(?:{_any('any', 'all', 'the')} )?{_any('ai', 'llm', 'language model', 'assistant', 'agent', 'bot', 'model')}s?"
+     rf"(?: {_any('systems?', 'agents?', 'assistants?', 'models?')})?\b",
+     True),
+    ("override", 0.35, rf"\bif you are an? {_any('ai', 'llm', 'language model', 'automated')}(?: {_any('assistant', 'agent', 'model', 'system', 'reviewer')})?\b", True),
+    ("override", 0.8,
+     rf"\b(?:you are )?(?:hereby )?{_any('instructed', 'told', 'ordered', 'required', 'directed')} to {_IGNORE}\b",
+     True),
+    # ### END OF USER INPUT ### System: ...
+    ("role_marker", 0.85,
+     r"\bend of (?:the )?(?:user )?(?:input|prompt|message|instructions|document)\W+(?:system|assistant|admin)[\t\x20]*:",
+     False),
 )
 
 # A quotation mark just before a hit, and one of these cues shortly before it: the text

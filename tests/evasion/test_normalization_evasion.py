@@ -110,3 +110,15 @@ def test_flagged_spans_map_back_to_the_evasive_characters() -> None:
     (match,) = PATTERNS.score([result.text])[0].matches
     start, end = result.to_original(match.start, match.end)
     assert text[start:end] == "m\u200bu\u0308r\uff44e\u0301r"
+
+
+def test_unicode_escapes_are_decoded_into_a_view() -> None:
+    from firewall.normalize import normalize
+
+    hidden = "".join(f"\\u{ord(c):04x}" for c in "murder him")
+    text = f"order notes: {hidden} thanks"
+    (view,) = normalize(text).views
+    assert view.text == "murder him"
+    start, end = view.to_original(0, len(view.text))
+    assert text[start:end] == hidden
+    assert normalize("a path like C:\\users\\me is not an escape").views == ()
