@@ -353,6 +353,22 @@ _SPEC: tuple[tuple[Any, ...], ...] = (
      False),
     # any other image with a query string: badges have them too, so weak
     ("exfiltration", 0.4, r"!\[[^\]\n]{0,200}\]\([\s\p{Z}]*<?https?://[^)\s]{0,500}?[?&][\w.-]+=", False),
+    # --- persona jailbreaks in the wild --------------------------------------------------
+    ("roleplay", 0.8, r"\bpretend to be [\w.-]+,? (?:which|who) stands for\b", False),
+    ("roleplay", 0.8,
+     r"\byou are no longer (?:chatgpt|gpt|claude|gemini|an? (?:ai|assistant|language model)|bound by|restricted|limited)\b",
+     False),
+    ("roleplay", 0.8,
+     rf"\b(?:doesn't|does not|don't|do not|won't|will not|never) {_any('have', 'follow', 'care about', 'obey', 'respect', 'abide by')} "
+     rf"(?:any |the )?{_any('ethics', 'ethical guidelines', 'morals', 'content polic(?:y|ies)', 'openai polic(?:y|ies)')}\b",
+     False),
+    ("roleplay", 0.75,
+     rf"\bfree (?:of|from) all (?:the )?{_any('limitations', 'restrictions', 'rules', 'filters', 'constraints', 'censorship')} "
+     rf"{_any('of', 'from', 'imposed by', 'set by', 'placed on you by')} "
+     rf"{_any('openai', 'anthropic', 'google', 'your (?:creators|developers|programming|training)', 'the developers', 'ai')}\b",
+     False),
+    ("roleplay", 0.6, r"\b(?:never|don't ever|do not ever) refuse\b", True),
+    ("override", 0.85, rf"\b{_IGNORE} everything (?:{_WORD} ){{0,4}}before this\b", True),
     # --- the same, in the other languages injections most often arrive in --------------
     ("override", 0.9,
      r"\b(?:"
