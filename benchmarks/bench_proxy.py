@@ -38,7 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -352,12 +353,23 @@ class _Bounds:
     warmup_requests: int
 
 
-def _measure(children: _Children, layout: Layout, tmp: Path, bounds: _Bounds, config: str,
-             policy: Path | None, concurrency: int) -> Measurement:
-    tag = f"{config}-c{concurrency}"
+@dataclass(frozen=True, slots=True)
+class Servers:
+    """The fake upstream, and the firewall in front of it when a policy is given."""
+
+    port: int  # where the load goes: the firewall, or the upstream in a direct run
+    upstream_port: int
+    audit_log: Path
+    watch: list[str]  # --watch NAME=PID arguments for the load generator
+
+
+@contextmanager
+def servers(children: _Children, layout: Layout, tmp: Path, tag: str, policy: Path | None, *,
+            upstream_cpu: int | None, script: Callable[[int], None] | None = None) -> Iterator[Servers]:
+    """Start the fake upstream (scripted by `script`, if given) and, with a policy, the
+    firewall in front of it; both are stopped on the way out."""
     upstream_port = _free_port()
     upstream_log = tmp / f"{tag}-upstream.log"
-    upstream_cpu = layout.load_cpu if policy is not None else layout.tested_cpu
     # --keep 0: the fake remembers no request bodies, so a long run does not grow its memory.
     upstream = children.start([sys.executable, "-m", "firewall.testing.fake_upstream",
                                "--listen", f"127.0.0.1:{upstream_port}", "--keep", "0"], upstream_cpu, upstream_log)
@@ -365,6 +377,8 @@ def _measure(children: _Children, layout: Layout, tmp: Path, bounds: _Bounds, co
     audit_log = tmp / f"{tag}-audit.jsonl"
     try:
         _wait_ready(upstream, upstream_port, "the fake upstream", upstream_log)
+        if script is not None:
+            script(upstream_port)
         port, tested = upstream_port, upstream
         if policy is not None:
             port = _free_port()
@@ -378,26 +392,43 @@ def _measure(children: _Children, layout: Layout, tmp: Path, bounds: _Bounds, co
         watch = ["--watch", f"tested={tested.pid}"]
         if firewall is not None:
             watch += ["--watch", f"upstream={upstream.pid}"]
-        load_log = tmp / f"{tag}-load.log"
-        load = children.start([sys.executable, str(Path(__file__).resolve()), "_loadgen",
-                               "--url", f"http://127.0.0.1:{port}/v1/chat/completions",
-                               "--concurrency", str(concurrency), "--max-requests", str(bounds.max_requests),
-                               "--seconds", str(bounds.seconds), "--warmup-requests", str(bounds.warmup_requests),
-                               "--warmup-seconds", str(bounds.warmup_seconds), *watch],
-                              layout.load_cpu, load_log, stdout=subprocess.PIPE)
-        try:
-            out, _ = load.communicate(timeout=bounds.seconds + bounds.warmup_seconds + _LOAD_OVERRUN)
-        finally:
-            children.stop(load)
-        if load.returncode != 0:
-            raise SystemExit(f"the load generator failed ({load.returncode}); its log:\n"
-                             f"{load_log.read_text(errors='replace')[-3000:]}")
-        result = LoadResult(**json.loads(out))
+        yield Servers(port, upstream_port, audit_log, watch)
     finally:
         if firewall is not None:
             children.stop(firewall)
         children.stop(upstream)
-    records = _check_audit(audit_log, result.total, tag) if policy is not None else None
+
+
+def run_loadgen(children: _Children, layout: Layout, tmp: Path, tag: str, script: Path, arguments: list[str],
+                timeout: float) -> Any:
+    """Run `script _loadgen ARGUMENTS` on the load CPU; its JSON result, or exit with its log."""
+    load_log = tmp / f"{tag}-load.log"
+    load = children.start([sys.executable, str(script), "_loadgen", *arguments],
+                          layout.load_cpu, load_log, stdout=subprocess.PIPE)
+    try:
+        out, _ = load.communicate(timeout=timeout)
+    finally:
+        children.stop(load)
+    if load.returncode != 0:
+        raise SystemExit(f"the load generator failed ({load.returncode}); its log:\n"
+                         f"{load_log.read_text(errors='replace')[-3000:]}")
+    return json.loads(out)
+
+
+def _measure(children: _Children, layout: Layout, tmp: Path, bounds: _Bounds, config: str,
+             policy: Path | None, concurrency: int) -> Measurement:
+    tag = f"{config}-c{concurrency}"
+    upstream_cpu = layout.load_cpu if policy is not None else layout.tested_cpu
+    with servers(children, layout, tmp, tag, policy, upstream_cpu=upstream_cpu) as running:
+        result = LoadResult(**run_loadgen(
+            children, layout, tmp, tag, Path(__file__).resolve(),
+            ["--url", f"http://127.0.0.1:{running.port}/v1/chat/completions",
+             "--concurrency", str(concurrency), "--max-requests", str(bounds.max_requests),
+             "--seconds", str(bounds.seconds), "--warmup-requests", str(bounds.warmup_requests),
+             "--warmup-seconds", str(bounds.warmup_seconds), *running.watch],
+            timeout=bounds.seconds + bounds.warmup_seconds + _LOAD_OVERRUN,
+        ))
+    records = _check_audit(running.audit_log, result.total, tag) if policy is not None else None
     return Measurement(config=config, concurrency=concurrency, load=result, audit_records=records)
 
 

@@ -29,7 +29,6 @@ import datetime
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,18 +41,17 @@ from typing import Any, Final
 import results
 from bench_proxy import (
     run_load,
+    run_loadgen,
+    servers,
     DEFAULT_POLICY,
     Layout,
-    _agent_firewall,
     _Bodies,
     _Children,
     _cpu_seconds,
-    _free_port,
     _interrupt,
     _layout,
     _machine,
     _percentile,
-    _wait_ready,
 )
 
 SECTION: Final = "## Streaming (issue 3)"
@@ -249,56 +247,24 @@ def _measure(children: _Children, layout: Layout, tmp: Path, bounds: _Bounds, co
              policy: Path | None, concurrency: int) -> tuple[Measurement, bytes | None]:
     """One run with fresh processes; in the direct run also one sample stream's bytes."""
     tag = f"{config}-c{concurrency}"
-    upstream_port = _free_port()
-    upstream_log = tmp / f"{tag}-upstream.log"
+    sample = None
     # The upstream shares the load generator's core in every run, direct included, so the
     # only difference between a direct and a firewall run is the firewall on its own core.
-    upstream_cpu = layout.load_cpu
-    upstream = children.start([sys.executable, "-m", "firewall.testing.fake_upstream",
-                               "--listen", f"127.0.0.1:{upstream_port}", "--keep", "0"], upstream_cpu, upstream_log)
-    firewall = None
-    audit_log = tmp / f"{tag}-audit.jsonl"
-    sample = None
-    try:
-        _wait_ready(upstream, upstream_port, "the fake upstream", upstream_log)
-        _script_upstream(upstream_port)
-        port, tested = upstream_port, upstream
-        if policy is not None:
-            port = _free_port()
-            firewall_log = tmp / f"{tag}-firewall.log"
-            firewall = children.start([_agent_firewall(), "run", "--policy", str(policy),
-                                       "--listen", f"127.0.0.1:{port}",
-                                       "--upstream", f"openai=http://127.0.0.1:{upstream_port}",
-                                       "--audit-log", str(audit_log)], layout.tested_cpu, firewall_log)
-            _wait_ready(firewall, port, "the firewall", firewall_log)
-            tested = firewall
-        watch = ["--watch", f"tested={tested.pid}"]
-        if firewall is not None:
-            watch += ["--watch", f"upstream={upstream.pid}"]
-        load_log = tmp / f"{tag}-load.log"
-        load = children.start([sys.executable, str(Path(__file__).resolve()), "_loadgen",
-                               "--url", f"http://127.0.0.1:{port}/v1/chat/completions",
-                               "--concurrency", str(concurrency), "--max-streams", str(bounds.streams[concurrency]),
-                               "--warmup-streams", str(bounds.warmup[concurrency]),
-                               "--seconds", str(bounds.seconds), *watch],
-                              layout.load_cpu, load_log, stdout=subprocess.PIPE)
-        try:
-            out, _ = load.communicate(timeout=2 * bounds.seconds + _LOAD_OVERRUN)
-        finally:
-            children.stop(load)
-        if load.returncode != 0:
-            raise SystemExit(f"the load generator failed ({load.returncode}); its log:\n"
-                             f"{load_log.read_text(errors='replace')[-3000:]}")
-        raw = json.loads(out)
+    with servers(children, layout, tmp, tag, policy, upstream_cpu=layout.load_cpu,
+                 script=_script_upstream) as running:
+        raw = run_loadgen(
+            children, layout, tmp, tag, Path(__file__).resolve(),
+            ["--url", f"http://127.0.0.1:{running.port}/v1/chat/completions",
+             "--concurrency", str(concurrency), "--max-streams", str(bounds.streams[concurrency]),
+             "--warmup-streams", str(bounds.warmup[concurrency]), "--seconds", str(bounds.seconds),
+             *running.watch],
+            timeout=2 * bounds.seconds + _LOAD_OVERRUN,
+        )
         result = LoadResult(**{**raw, "streams": [StreamTiming(**s) for s in raw["streams"]]})
         if policy is None:
-            sample = _sample_stream(upstream_port)
-    finally:
-        if firewall is not None:
-            children.stop(firewall)
-        children.stop(upstream)
+            sample = _sample_stream(running.upstream_port)
     _check_streams(result, tag)
-    audit = _check_audit(audit_log, result.total, tag) if policy is not None else None
+    audit = _check_audit(running.audit_log, result.total, tag) if policy is not None else None
     return Measurement(config=config, concurrency=concurrency, load=result, audit=audit), sample
 
 

@@ -24,8 +24,6 @@ import datetime
 import hashlib
 import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,6 +39,7 @@ _HERE: Final = Path(__file__).resolve().parent
 _REPO: Final = _HERE.parents[1]
 sys.path.insert(0, str(_HERE.parent))  # benchmarks/, for bench_proxy
 
+import bench_proxy  # noqa: E402
 import results  # noqa: E402
 from corpora import PACKAGES, Corpus, Sample, Unavailable, load_all  # noqa: E402
 
@@ -227,18 +226,9 @@ def _sha(path: Path) -> str:
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load1, load5, _ = os.getloadavg()
-    return (f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}; load average before the run {load1:.2f} (1 min), {load5:.2f} (5 min) "
-            "(other work shares this machine)")
+    machine = bench_proxy._machine()
+    return (f"{machine['nproc']} CPUs ({machine['cpu']}), Linux {machine['kernel']}, Python {machine['python']}; "
+            f"load average before the run {machine['load']} (other work shares this machine)")
 
 
 def _relative(path: Path) -> str:
