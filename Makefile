@@ -13,7 +13,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
-	$(BIN)/python -m pip install --quiet -e '.[test,detoxify]'
+	$(BIN)/python -m pip install --quiet -e '.[test,detoxify,semantic]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -27,7 +27,7 @@ check: install
 	$(BIN)/agent-firewall test policies/*.yaml
 
 test: check
-	$(BIN)/ruff check firewall tests benchmarks
+	$(BIN)/ruff check firewall tests benchmarks training
 	$(BIN)/python -m pytest -q
 
 bench: install

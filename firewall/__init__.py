@@ -12,6 +12,7 @@ from firewall.engine import Engine
 from firewall.model import (
     Action,
     Decision,
+    DetectorRun,
     Direction,
     Exchange,
     Finding,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Action",
     "Decision",
+    "DetectorRun",
     "Direction",
     "Engine",
     "Exchange",

@@ -146,6 +146,8 @@ def _check(args: argparse.Namespace) -> int:
         if policy is None:
             status = EXIT_FAILED
             continue
+        for warning in policy.warnings:
+            print(warning, file=sys.stderr)
         print(f"{path}: ok: policy {policy.name}, {len(policy.rules)} rules, {len(policy.tests)} tests, sha256 {policy.sha256[:12]}")
     return status
 

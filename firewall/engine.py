@@ -15,18 +15,24 @@ How a policy is evaluated (the README documents this for policy authors):
 
 A message's result depends only on its content and the exchange's context, so it is
 remembered: history that an agent resends every turn costs a hash lookup.
+
+Detectors run cheapest first. A costly one (a model: `semantic`, `detoxify`, `judge`) runs
+only on the messages that the rules needing no costly detector have not already blocked,
+and a cascaded one (`when:`) only where its cheaper detectors are unsure. What each
+detector cost is in `Decision.detectors`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from firewall.detectors import DetectorResult, Match
-from firewall.model import Action, Decision, Direction, Exchange, Finding, Message, Mode, Rewrite, Span
+from firewall.model import Action, Decision, DetectorRun, Direction, Exchange, Finding, Message, Mode, Rewrite, Span
 from firewall.normalize import Normalized, normalize
 from firewall.policy.compiler import CompiledRule, Policy
 
@@ -77,6 +83,7 @@ class Engine:
                        exchange.model, exchange.provider, exchange.route)
         hits: list[tuple[int, _Hit]] = []  # (message index or -1, hit)
         failures: list[_Failure] = []
+        runs: list[DetectorRun] = []
 
         exchange_rules = tuple(rule for rule in rules if not rule.per_message)
         if exchange_rules:
@@ -108,23 +115,23 @@ class Engine:
                 messages = [exchange.messages[index] for index, _ in pending]
                 before = len(failures)
                 try:
-                    results = self._evaluate(messages, message_rules, context, failures)
+                    results = self._evaluate(messages, message_rules, context, failures, runs)
                 except _Failure as failure:
-                    return self._decide(exchange, hits, [*failures, failure])
+                    return self._decide(exchange, hits, [*failures, failure], runs)
                 # A result that came with a failure is not remembered: the next try may succeed.
                 remember = remember and len(failures) == before
                 for (index, key), message_hits in zip(pending, results, strict=True):
                     if remember:
                         self._remember(key, message_hits)
                     hits.extend((index, hit) for hit in message_hits)
-        return self._decide(exchange, hits, failures)
+        return self._decide(exchange, hits, failures, runs)
 
     # -- evaluation -------------------------------------------------------------------
 
     def _evaluate(self, messages: Sequence[Message], rules: Sequence[CompiledRule], context: dict[str, Any],
-                  failures: list[_Failure]) -> list[tuple[_Hit, ...]]:
+                  failures: list[_Failure], runs: list[DetectorRun]) -> list[tuple[_Hit, ...]]:
         """Decide `rules` on each message; detectors are run once, batched, over every
-        part of every message."""
+        part of every message (costly ones only on the messages still undecided)."""
         # Detectors see each text as written, as normalised (folded look-alikes, joined
         # spaced letters, removed invisibles) and every payload decoded from it; what they
         # find is mapped back to the text as written, and merged per part.
@@ -135,54 +142,89 @@ class Engine:
         needed = set().union(*(rule.detectors for rule in rules))
         cascades = self.policy.cascades
         needed |= {other for name in needed for other, _, _ in cascades.get(name, ())}
+        costly = {name for name in needed if name in cascades or _costly(self.policy.detectors[name])}
         detector_results: dict[str, list[DetectorResult]] = {}
-        # Cheap detectors first: a cascaded detector runs only where they are unsure.
-        for name in sorted(needed, key=lambda n: (n in cascades, n)):
-            if name in cascades:
-                detector_results[name] = self._score_in_band(name, texts, variants, detector_results, failures)
-            else:
-                detector_results[name] = _merge(self._score(name, texts, failures), variants)
+        for name in sorted(needed - costly):
+            detector_results[name] = _merge(self._score(name, texts, failures, runs), variants)
+        if costly:
+            # "On what is left": a message the cheap rules already block needs no model.
+            cheap_rules = [rule for rule in rules if not rule.detectors & costly]
+            decided = self._views(messages, ways, patterns, detector_results, [])  # its failures recur below
+            blocked = {index for index, view in enumerate(decided) if _blocks(view.evaluate(cheap_rules, context), self.policy)}
+            owner = [index for index, message_ways in enumerate(ways) for part in message_ways for _ in part]
+            skip = {position for position, index in enumerate(owner) if index in blocked}
+            # Costly detectors before cascaded ones: a cascade may wait on a costly score.
+            for name in sorted(costly, key=lambda n: (n in cascades, n)):
+                if name in cascades:
+                    detector_results[name] = self._score_in_band(name, texts, variants, detector_results, failures, runs, skip)
+                else:
+                    detector_results[name] = _merge(self._score(name, texts, failures, runs, skip), variants)
 
-        out: list[tuple[_Hit, ...]] = []
+        return [tuple(view.evaluate(rules, context))
+                for view in self._views(messages, ways, patterns, detector_results, failures)]
+
+    def _views(self, messages: Sequence[Message], ways: list[list[tuple[_Variant, ...]]], patterns: list[DetectorResult],
+               detector_results: dict[str, list[DetectorResult]], failures: list[_Failure]) -> list[_MessageView]:
+        views = []
         offset = 0
         for message, message_ways in zip(messages, ways, strict=True):
             count = len(message.parts)
-            view = _MessageView(
+            views.append(_MessageView(
                 self,
                 failures,
                 message,
                 message_ways,
                 patterns[offset : offset + count],
                 {name: results[offset : offset + count] for name, results in detector_results.items()},
-            )
+            ))
             offset += count
-            out.append(tuple(view.evaluate(rules, context)))
-        return out
+        return views
 
-    def _score(self, name: str, texts: list[str], failures: list[_Failure]) -> list[DetectorResult]:
+    def _score(self, name: str, texts: list[str], failures: list[_Failure], runs: list[DetectorRun],
+               skip: set[int] | frozenset[int] = frozenset()) -> list[DetectorResult]:
+        """Detector `name` on `texts`, except the positions in `skip` (which get no score)."""
+        wanted = [position for position in range(len(texts)) if position not in skip]
+        if len(wanted) < len(texts):
+            results = [DetectorResult() for _ in texts]
+            if wanted:
+                for position, result in zip(wanted, self._score(name, [texts[p] for p in wanted], failures, runs), strict=True):
+                    results[position] = result
+                runs[-1] = _replace(runs[-1], skipped=len(texts) - len(wanted))
+            else:
+                runs.append(DetectorRun(name, 0, len(texts), 0.0, 0.0))
+            return results
         detector = self.policy.detectors[name]
+        started = time.perf_counter()
         try:
-            return detector.score(texts)
+            results = detector.score(texts)
+            runs.append(DetectorRun(name, len(texts), 0, round((time.perf_counter() - started) * 1000, 3),
+                                    max((value for result in results for value in result.scores.values()), default=0.0)))
+            return results
         except Exception as error:  # noqa: BLE001 - any detector failure is a decision input
             blocking = self.policy.detector_on_error.get(name, "block") != "allow"
             failure = _Failure("detector", name, error, blocking=blocking)
             if blocking:
                 raise failure from error
             failures.append(failure)
+            runs.append(DetectorRun(name, len(texts), 0, round((time.perf_counter() - started) * 1000, 3), 0.0))
             return [DetectorResult() for _ in texts]
 
     def _score_in_band(self, name: str, texts: list[str], variants: list[_Variant],
-                       cheap: dict[str, list[DetectorResult]], failures: list[_Failure]) -> list[DetectorResult]:
+                       cheap: dict[str, list[DetectorResult]], failures: list[_Failure], runs: list[DetectorRun],
+                       skip: set[int]) -> list[DetectorResult]:
         """The costly detector, on the parts where a cheaper one is unsure (as written only)."""
         bands = self.policy.cascades[name]
         firsts = [index for index, variant in enumerate(variants) if variant.first]
-        unsure = [part for part, _ in enumerate(firsts)
-                  if any(low <= cheap[other][part].scores.get(other, 0.0) <= high for other, low, high in bands)]
+        unsure = [part for part, first in enumerate(firsts) if first not in skip
+                  and any(low <= cheap[other][part].scores.get(other, 0.0) <= high for other, low, high in bands)]
         results = [DetectorResult() for _ in firsts]
         if unsure:
-            scored = self._score(name, [texts[firsts[part]] for part in unsure], failures)
+            scored = self._score(name, [texts[firsts[part]] for part in unsure], failures, runs)
             for part, result in zip(unsure, scored, strict=True):
                 results[part] = result
+            runs[-1] = _replace(runs[-1], skipped=len(firsts) - len(unsure))
+        else:
+            runs.append(DetectorRun(name, 0, len(firsts), 0.0, 0.0))
         return results
 
     def _condition(self, rule: CompiledRule, context: dict[str, Any], failures: list[_Failure]) -> bool:
@@ -207,7 +249,8 @@ class Engine:
 
     # -- combining --------------------------------------------------------------------
 
-    def _decide(self, exchange: Exchange, hits: list[tuple[int, _Hit]], failures: list[_Failure]) -> Decision:
+    def _decide(self, exchange: Exchange, hits: list[tuple[int, _Hit]], failures: list[_Failure],
+                runs: Sequence[DetectorRun] = ()) -> Decision:
         policy = self.policy
         by_rule: dict[int, list[tuple[int, _Hit]]] = {}
         for message_index, hit in hits:
@@ -247,7 +290,8 @@ class Engine:
         action = max((finding.action for finding in enforced), key=lambda a: a.severity, default=Action.ALLOW)
         intended = max((finding.action for finding in findings), key=lambda a: a.severity, default=Action.ALLOW)
         tags = tuple(dict.fromkeys(tag for finding in enforced if finding.action is Action.TAG for tag in finding.tags))
-        decision = Decision(action=action, intended=intended, mode=policy.defaults.mode, findings=tuple(findings), tags=tags)
+        decision = Decision(action=action, intended=intended, mode=policy.defaults.mode, findings=tuple(findings), tags=tags,
+                            detectors=tuple(runs))
         if action is Action.BLOCK:
             blocker = next(finding for finding in enforced if finding.action is Action.BLOCK)
             rule = next((r for r in policy.rules if r.id == blocker.rule), None)
@@ -315,12 +359,19 @@ class _MessageView:
             if not self.engine._condition(rule, self._cel_context(rule, context, recorded), self.failures):
                 return None
             spans.extend(recorded)
-        for name in rule.detectors:
+        # A threshold on a label ("semantic:jailbreak") is reported by that label's score.
+        labelled = {name.partition(":")[0] for name, _ in rule.thresholds if ":" in name}
+        for name, _ in rule.thresholds:
+            scores.append((name, self._score(name)))
+        for name in sorted(rule.detectors - labelled - {name for name, _ in rule.thresholds}):
             scores.append((name, self._score(name)))
         return _Hit(rule.index, tuple(dict.fromkeys(spans)), tuple(scores))
 
     def _score(self, name: str) -> float:
-        return max((result.scores.get(name, 0.0) for result in self.detectors[name]), default=0.0)
+        """A detector's score ("toxicity") or one of its labels' ("semantic:jailbreak"), the
+        highest over the message's parts."""
+        results = self.detectors[name.partition(":")[0]]
+        return max((result.scores.get(name, 0.0) for result in results), default=0.0)
 
     def _detected(self, entries: Sequence[str]) -> list[_PartSpan]:
         """Spans of span detectors (`secrets`, or `pii:email` for one label)."""
@@ -439,6 +490,14 @@ def _merge(results: Sequence[DetectorResult], variants: Sequence[_Variant]) -> l
                 matches.append(mapped)
         merged[-1] = DetectorResult(scores, tuple(matches))
     return merged
+
+
+def _costly(detector: Any) -> bool:
+    return bool(getattr(getattr(detector, "inner", detector), "costly", False))
+
+
+def _blocks(hits: Sequence[_Hit], policy: Policy) -> bool:
+    return any(policy.rules[hit.rule].action is Action.BLOCK and policy.rules[hit.rule].mode is Mode.ENFORCE for hit in hits)
 
 
 def _in_scope(rule: CompiledRule, exchange: Exchange) -> bool:

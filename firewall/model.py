@@ -136,6 +136,19 @@ class Span:
 
 
 @dataclass(frozen=True, slots=True)
+class DetectorRun:
+    """One detector's work on an exchange: the texts it was given (cache hits included),
+    the texts it was spared (their message was already blocked by cheaper rules, or a
+    cascade's cheaper detector was sure), its wall time and the highest score it gave."""
+
+    detector: str
+    texts: int
+    skipped: int
+    ms: float
+    top: float
+
+
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One rule that fired: why, how strongly, and where."""
 
@@ -172,6 +185,7 @@ class Decision:
     blocking_rule: str | None = None
     reason: str | None = None
     respond: str | None = None  # error | refusal | None (the listener's default): how a block is answered
+    detectors: tuple[DetectorRun, ...] = ()  # what each detector cost, for the messages not decided before
 
     @property
     def rules(self) -> tuple[str, ...]:

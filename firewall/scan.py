@@ -89,5 +89,8 @@ def _scores(engine: Engine, messages: tuple[Message, ...]) -> dict[str, float]:
     scores: dict[str, float] = {}
     for name, detector in engine.policy.detectors.items():
         results = detector.score(texts) if texts else []
-        scores[name] = round(max((r.scores.get(name, 0.0) for r in results), default=0.0), 6)
+        scores[name] = 0.0
+        for result in results:  # the detector's own score and each of its labels ("semantic:jailbreak")
+            for label, value in result.scores.items():
+                scores[label] = max(round(value, 6), scores.get(label, 0.0))
     return scores

@@ -64,6 +64,8 @@ def exchange_record(
         "policy": {"name": policy_name, "sha256": policy_sha256},
         "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
     }
+    if decision.detectors:
+        record["detectors"] = detector_runs(decision)
     if decision.blocking_rule:
         record["blocking_rule"] = decision.blocking_rule
         record["reason"] = decision.reason
@@ -76,6 +78,14 @@ def exchange_record(
     if note:
         record["note"] = note
     return record
+
+
+def detector_runs(decision: Decision) -> list[dict[str, Any]]:
+    """Each stage of the cascade: what it was given, what it was spared, its cost and verdict."""
+    return [
+        {"detector": run.detector, "texts": run.texts, "skipped": run.skipped, "ms": run.ms, "top": round(run.top, 4)}
+        for run in decision.detectors
+    ]
 
 
 def released_response(exchange: Exchange, decision: Decision) -> dict[str, Any]:
@@ -158,6 +168,8 @@ def stream_record(
         "policy": {"name": policy_name, "sha256": policy_sha256},
         "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
     }
+    if decision.detectors:
+        record["detectors"] = detector_runs(decision)
     if decision.blocking_rule:
         record["blocking_rule"] = decision.blocking_rule
         record["reason"] = decision.reason

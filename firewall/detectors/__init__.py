@@ -59,9 +59,10 @@ _BACKENDS: dict[str, dict[str, Callable[[Mapping[str, Any]], Detector]]] = {
     "injection": {"builtin": _lazy("injection")},
     "pii": {"builtin": _lazy("pii")},
     "secrets": {"builtin": _lazy("secrets")},
+    "semantic": {"embeddings": _lazy("semantic")},
 }
 _DEFAULT_BACKEND = {"toxicity": "embedded", "judge": "openai", "injection": "builtin", "pii": "builtin",
-                    "secrets": "builtin"}
+                    "secrets": "builtin", "semantic": "embeddings"}
 
 
 def available_detectors() -> dict[str, tuple[str, ...]]:

@@ -71,6 +71,7 @@ class DetoxifyToxicity:
     """
 
     name = "toxicity"
+    costly = True  # the engine runs it after the cheap detectors, only where still needed
 
     def __init__(
         self,

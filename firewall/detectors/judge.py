@@ -131,6 +131,7 @@ class JudgeDetector:
     """
 
     name = _NAME
+    costly = True  # the engine runs it after the cheap detectors, only where still needed
 
     def __init__(
         self,

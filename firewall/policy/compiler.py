@@ -28,7 +28,7 @@ MESSAGE_VARIABLES = frozenset({"message", "text", "scores", "lists"})
 EXCHANGE_VARIABLES = frozenset({"direction", "agent", "source", "target", "model", "provider", "route"})
 CEL_FUNCTIONS = frozenset({"mentions", "near", "pattern"})
 # Detectors a rule may use without declaring them (they need no options).
-KNOWN_DETECTORS = frozenset({"toxicity", "pii", "secrets", "injection"})
+KNOWN_DETECTORS = frozenset({"toxicity", "pii", "secrets", "injection", "semantic"})
 
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
 _SCORE_REFERENCE = re.compile(r"\bscores\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
@@ -81,6 +81,8 @@ class Policy:
     tests: tuple[PolicyTest, ...]
     stream: StreamSpec
     spec: PolicySpec = field(repr=False)
+    # Not mistakes, but probably not what the author meant (`check` prints them).
+    warnings: tuple[PolicyProblem, ...] = ()
 
     def rules_for(self, direction: Direction) -> tuple[CompiledRule, ...]:
         return tuple(rule for rule in self.rules if direction in rule.directions)
@@ -94,11 +96,28 @@ def compile_policy(source: PolicySource) -> Policy:
     detectors: dict[str, Detector] = {}
     on_error: dict[str, str] = {}
     cascades: dict[str, tuple[tuple[str, float, float], ...]] = {}
-    for name, detector_spec in spec.detectors.items():
+    unavailable: set[str] = set()  # detectors that failed to build (reported once)
+    inline = _inline_concepts(spec, where, problems)
+    if inline and "semantic" not in spec.detectors:
         try:
-            detectors[name] = CachedDetector(build_detector(name, detector_spec.options()))
+            detectors["semantic"] = CachedDetector(build_detector("semantic", {"concepts": inline}))
+            on_error["semantic"] = spec.defaults.on_error
+        except (ValueError, ImportError) as error:
+            problems.append(where.problem(("rules", _first_semantic_rule(spec)), str(error)))
+            unavailable.add("semantic")
+    for name, detector_spec in spec.detectors.items():
+        options = detector_spec.options()
+        if name == "semantic" and inline:
+            declared = options.get("concepts") or {}
+            for concept in sorted(set(declared) & set(inline)) if isinstance(declared, dict) else ():
+                problems.append(where.problem(("detectors", name, "concepts", concept),
+                                              f"concept {concept!r} has the id of a rule with a semantic match"))
+            options["concepts"] = {**declared, **inline} if isinstance(declared, dict) else declared
+        try:
+            detectors[name] = CachedDetector(build_detector(name, options))
         except (ValueError, ImportError) as error:
             problems.append(where.problem(("detectors", name), str(error)))
+            unavailable.add(name)
             continue
         on_error[name] = detector_spec.on_error or spec.defaults.on_error
         for other, (low, high) in (detector_spec.when or {}).items():
@@ -123,7 +142,7 @@ def compile_policy(source: PolicySource) -> Policy:
         rule = _compile_rule(index, rule_spec, spec, where, problems)
         if rule is None:
             continue
-        for name in sorted(rule.detectors - detectors.keys()):
+        for name in sorted(rule.detectors - detectors.keys() - unavailable):
             if name in KNOWN_DETECTORS:
                 # A detector used but not configured runs with its defaults.
                 try:
@@ -143,6 +162,7 @@ def compile_policy(source: PolicySource) -> Policy:
 
     if problems:
         raise PolicyError(problems)
+    warnings = _semantic_warnings(spec, detectors, rules, where)
     _warm_up(spec, patterns, rules)
     return Policy(
         name=spec.name,
@@ -158,7 +178,47 @@ def compile_policy(source: PolicySource) -> Policy:
         tests=tuple(spec.tests),
         stream=spec.stream,
         spec=spec,
+        warnings=tuple(warnings),
     )
+
+
+def _inline_concepts(spec: PolicySpec, where: Any, problems: list[PolicyProblem]) -> dict[str, dict[str, list[str]]]:
+    """`match.semantic` of each rule, as a concept of the semantic detector named after
+    the rule (its score is `semantic:<rule id>`)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for rule in spec.rules:
+        if rule.match is not None and rule.match.semantic is not None:
+            out[rule.id] = {"like": list(rule.match.semantic.like), "unlike": list(rule.match.semantic.unlike)}
+    return out
+
+
+def _first_semantic_rule(spec: PolicySpec) -> int:
+    return next(i for i, rule in enumerate(spec.rules) if rule.match is not None and rule.match.semantic is not None)
+
+
+def _semantic_warnings(spec: PolicySpec, detectors: dict[str, Detector], rules: list[CompiledRule],
+                       where: Any) -> list[PolicyProblem]:
+    """Exemplars that are near duplicates of each other, or that do not separate from
+    their `unlike` sentences at the rule's threshold."""
+    detector = detectors.get("semantic")
+    inner = getattr(detector, "inner", detector)
+    if inner is None or not hasattr(inner, "exemplar_warnings"):
+        return []
+    thresholds: dict[str, float] = {}
+    for rule in rules:
+        for name, value in rule.thresholds:
+            label = name.partition(":")[2]
+            if name.startswith("semantic:") and label:
+                thresholds[label] = min(value, thresholds.get(label, 1.0))
+    positions = {rule.id: index for index, rule in enumerate(spec.rules)}
+    out = []
+    for concept, message in inner.exemplar_warnings(thresholds):
+        loc: tuple[str | int, ...] = (
+            ("rules", positions[concept], "match", "semantic") if concept in positions
+            else ("detectors", "semantic", "concepts", concept)
+        )
+        out.append(where.problem(loc, f"warning: {message}"))
+    return out
 
 
 def _warm_up(spec: PolicySpec, patterns: PatternSet, rules: list[CompiledRule]) -> None:
@@ -238,8 +298,11 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
             near = near.model_copy(update={"words": list(spec.lists[near.near]), "near": None})
 
     detect = tuple(match.detect or ()) if match else ()
+    thresholds = dict(match.scores or {}) if match else {}
+    if match and match.semantic is not None:
+        thresholds[f"semantic:{rule.id}"] = match.semantic.threshold
     # A score is a detector's own ("toxicity") or one of its labels ("judge:violence").
-    detectors = {key.partition(":")[0] for key in (match.scores or {})} if match else set()
+    detectors = {key.partition(":")[0] for key in thresholds}
     detectors |= {entry.partition(":")[0] for entry in detect}
     program, variables = None, frozenset[str]()
     if rule.if_ is not None:
@@ -266,7 +329,7 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         lists=lists,
         patterns=patterns,
         near=near,
-        thresholds=tuple(sorted((match.scores or {}).items())) if match else (),
+        thresholds=tuple(sorted(thresholds.items())),
         detect=detect,
         condition=program,
         condition_variables=variables,

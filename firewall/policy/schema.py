@@ -75,6 +75,15 @@ class NearSpec(_Strict):
         return self
 
 
+class SemanticSpec(_Strict):
+    """A harm described in sentences: the message must be closer than `threshold` (cosine
+    similarity) to one of `like`, and closer to it than to any of `unlike`."""
+
+    like: list[str] = Field(min_length=1)
+    unlike: list[str] = Field(default_factory=list)
+    threshold: float = Field(default=0.55, ge=0.0, le=1.0)
+
+
 class MatchSpec(_Strict):
     """Structured conditions. Each key given must hold (they are ANDed); inside a key,
     any entry is enough (any list, any pattern)."""
@@ -85,10 +94,12 @@ class MatchSpec(_Strict):
     near: NearSpec | None = None
     scores: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
     roles: list[str] | None = None
+    semantic: SemanticSpec | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> MatchSpec:
-        if not any(v is not None for v in (self.lists, self.patterns, self.detect, self.near, self.scores, self.roles)):
+        if not any(v is not None for v in (self.lists, self.patterns, self.detect, self.near, self.scores, self.roles,
+                                           self.semantic)):
             raise ValueError("an empty match matches everything; remove it or give a condition")
         return self
 

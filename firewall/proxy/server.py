@@ -397,12 +397,9 @@ class Firewall:
 
 
 def _has_slow_detectors(policy: Policy) -> bool:
-    """Detectors that wait on I/O or a large model, rather than compute in microseconds."""
-    return any(type(getattr(detector, "inner", detector)).__name__ in _SLOW_DETECTORS
-               for detector in policy.detectors.values())
-
-
-_SLOW_DETECTORS = frozenset({"JudgeDetector", "DetoxifyToxicity"})
+    """Detectors that wait on I/O or a large model (they say so: `costly = True`), rather
+    than compute in microseconds."""
+    return any(getattr(getattr(detector, "inner", detector), "costly", False) for detector in policy.detectors.values())
 
 
 def _end(guard: StreamGuard, message: str) -> bytes:

@@ -111,7 +111,7 @@ def test_registry_builds_embedded_backend() -> None:
     [
         ("toxicity", {"backend": "onnx"}, "available backends: detoxify, embedded"),
         ("toxicity", {"backend": "detoxify"}, "checkpoint"),  # the detoxify backend names what it needs
-        ("sentiment", {}, "available detectors: injection, judge, pii, secrets, toxicity"),
+        ("sentiment", {}, "available detectors: injection, judge, pii, secrets, semantic, toxicity"),
         ("toxicity", {"backend": "embedded", "checkpoint": "x"}, "no options, got: checkpoint"),
     ],
 )
