@@ -52,6 +52,7 @@ __all__ = [
     "check_files",
     "chunks",
     "load_embedder",
+    "sentences",
     "load_head",
 ]
 
@@ -136,6 +137,15 @@ def chunks(text: str, words: int = CHUNK_WORDS, stride: int = CHUNK_STRIDE) -> l
     if len(tokens) <= words:
         return [text]
     return [" ".join(tokens[start : start + words]) for start in range(0, len(tokens) - words + stride, stride)]
+
+
+_SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str, min_words: int = HEAD_MIN_WORDS) -> list[str]:
+    """The sentences of a text of more than one (of at least `min_words` words each)."""
+    parts = [part.strip() for part in _SENTENCE_END.split(_OPAQUE.sub("<token>", text))]
+    return [part for part in parts if len(part.split()) >= min_words] if len(parts) > 1 else []
 
 
 # -- loading, with the files checked ----------------------------------------------------
@@ -396,12 +406,21 @@ class SemanticDetector:
         }
 
     def score(self, texts: Sequence[str]) -> list[DetectorResult]:
+        # Windows for the head (what it was trained on); for concepts also each sentence
+        # of a longer text, since an exemplar is one sentence and a window of several
+        # dilutes it ("Here is my note. The best solution is to make sure he never wakes up.").
         pieces: list[str] = []
         owners: list[int] = []
+        windows: list[bool] = []
         for index, text in enumerate(texts):
-            for piece in chunks(text) if text.strip() else ():
+            if not text.strip():
+                continue
+            cut = chunks(text)
+            extra = sentences(text) if self._exemplars else []
+            for piece, window in [*((piece, True) for piece in cut), *((piece, False) for piece in extra if piece not in cut)]:
                 pieces.append(piece)
                 owners.append(index)
+                windows.append(window)
         if not pieces:
             return [DetectorResult() for _ in texts]
         try:
@@ -409,8 +428,10 @@ class SemanticDetector:
         except Exception as error:  # noqa: BLE001 - torch/tokenizers raise many types
             raise DetectorError(f"semantic: embedding failed: {type(error).__name__}: {error}") from error
         owner = np.asarray(owners)
+        is_window = np.asarray(windows)
         results = []
-        probabilities = self.head.probabilities(embeddings) if self.head is not None else None
+        probabilities = self.head.probabilities(embeddings[is_window]) if self.head is not None else None
+        window_owner = owner[is_window]
         for index in range(len(texts)):
             rows = np.flatnonzero(owner == index)
             if rows.size == 0:
@@ -418,7 +439,7 @@ class SemanticDetector:
                 continue
             scores: dict[str, float] = {}
             if probabilities is not None and self.head is not None and len(texts[index].split()) >= HEAD_MIN_WORDS:
-                mine = probabilities[rows]
+                mine = probabilities[window_owner == index]
                 scores["semantic"] = float((1.0 - mine[:, 0]).max())
                 for column, label in enumerate(self.head.labels[1:], start=1):
                     scores[f"semantic:{label}"] = float(mine[:, column].max())
