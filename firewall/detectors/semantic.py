@@ -407,8 +407,9 @@ class SemanticDetector:
 
     def score(self, texts: Sequence[str]) -> list[DetectorResult]:
         # Windows for the head (what it was trained on); for concepts also each sentence
-        # of a longer text, since an exemplar is one sentence and a window of several
-        # dilutes it ("Here is my note. The best solution is to make sure he never wakes up.").
+        # of a message of one window, since an exemplar is one sentence and a window of
+        # several dilutes it ("Here is my note. The best solution is to make sure he never
+        # wakes up.").
         pieces: list[str] = []
         owners: list[int] = []
         windows: list[bool] = []
@@ -416,7 +417,9 @@ class SemanticDetector:
             if not text.strip():
                 continue
             cut = chunks(text)
-            extra = sentences(text) if self._exemplars else []
+            # A text of several windows is already read 48 words at a time; sentences
+            # would multiply its cost (a 5,000-character document has ~60 of them).
+            extra = sentences(text) if self._exemplars and len(cut) == 1 else []
             for piece, window in [*((piece, True) for piece in cut), *((piece, False) for piece in extra if piece not in cut)]:
                 pieces.append(piece)
                 owners.append(index)
