@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_proxy.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_stream.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/detection/run.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_semantic.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) demo-audit.jsonl .pytest_cache
