@@ -64,11 +64,7 @@ def exchange_record(
         "policy": {"name": policy_name, "sha256": policy_sha256},
         "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
     }
-    if decision.detectors:
-        record["detectors"] = detector_runs(decision)
-    if decision.blocking_rule:
-        record["blocking_rule"] = decision.blocking_rule
-        record["reason"] = decision.reason
+    _add_verdict(record, decision)
     if decision.rewrites:
         record["redacted_parts"] = len(decision.rewrites)
     if exchange.direction is Direction.RESPONSE and decision.action is not Action.BLOCK:
@@ -78,6 +74,16 @@ def exchange_record(
     if note:
         record["note"] = note
     return record
+
+
+def _add_verdict(record: dict[str, Any], decision: Decision) -> None:
+    """What every record of a decision says beyond its action: the detectors that ran, and
+    the rule that blocked with its reason."""
+    if decision.detectors:
+        record["detectors"] = detector_runs(decision)
+    if decision.blocking_rule:
+        record["blocking_rule"] = decision.blocking_rule
+        record["reason"] = decision.reason
 
 
 def detector_runs(decision: Decision) -> list[dict[str, Any]]:
@@ -168,11 +174,8 @@ def stream_record(
         "policy": {"name": policy_name, "sha256": policy_sha256},
         "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
     }
-    if decision.detectors:
-        record["detectors"] = detector_runs(decision)
+    _add_verdict(record, decision)
     if decision.blocking_rule:
-        record["blocking_rule"] = decision.blocking_rule
-        record["reason"] = decision.reason
         record["withheld"] = outcome.withheld
     if outcome.error:
         record["error"] = outcome.error
