@@ -32,7 +32,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import random
 import subprocess
@@ -189,8 +188,9 @@ def run_child(model: str, head: str, texts_file: Path) -> dict[str, Any]:
 
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a value that was measured, never interpolated."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+    import bench_proxy  # the one definition the other benchmarks use (imported here, not in the children)
+
+    return bench_proxy._percentile(sorted(values), q / 100)
 
 
 @dataclass(frozen=True)
