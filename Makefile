@@ -13,7 +13,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
-	$(BIN)/python -m pip install --quiet -e '.[test,detoxify,semantic]'
+	$(BIN)/python -m pip install --quiet -e '.[test,detoxify,semantic,redis]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_stream.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/detection/run.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_semantic.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_agents.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) demo-audit.jsonl .pytest_cache

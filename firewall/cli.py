@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -39,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-log", type=Path, help="append the audit log (JSONL) to this file")
     run.add_argument("--agent-header", default="X-Agent-Id", help="header that names the calling agent")
     run.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
+    run.add_argument("--admin-listen", metavar="HOST:PORT",
+                     help="serve the admin API (health, agents, quarantine, release) here, e.g. 127.0.0.1:8081; "
+                          "requires a bearer token in AGENT_FIREWALL_ADMIN_TOKEN")
+    run.add_argument("--state", default="memory", metavar="memory|redis://HOST:PORT/DB",
+                     help="where agent state (quarantine, lineage, rate limits, drift) lives; "
+                          "a redis URL lets several firewall processes act as one (default: memory)")
+    run.add_argument("--provider-key", action="append", default=[], metavar="NAME=env:VAR|file:PATH",
+                     help="the key sent upstream for agents that authenticate with their own firewall key, "
+                          "e.g. openai=env:OPENAI_API_KEY (repeatable)")
     run.set_defaults(run=_run)
 
     check = commands.add_parser("check", help="validate policy files; print file:line:column for each mistake")
@@ -69,6 +82,35 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the records as JSONL")
     show.set_defaults(run=_audit_show)
 
+    agents = commands.add_parser("agents", help="agents and their state, through a running firewall's admin API")
+    agents.add_argument("--admin", default="http://127.0.0.1:8081", help="the admin API's base URL")
+    agent_commands = agents.add_subparsers(title="agents commands", metavar="COMMAND")
+    listing = agent_commands.add_parser("list", help="agents whose state is not the default")
+    listing.set_defaults(run=_agents, verb="list")
+    for verb, text in (("show", "one agent's state"), ("quarantine", "quarantine an agent now"),
+                       ("release", "release a quarantined or throttled agent")):
+        command = agent_commands.add_parser(verb, help=text)
+        command.add_argument("agent")
+        if verb == "quarantine":
+            command.add_argument("--reason", default="quarantined by hand")
+            command.add_argument("--ttl", type=float, help="seconds (default: the policy's release_after)")
+        command.set_defaults(run=_agents, verb=verb)
+
+    keys = commands.add_parser("keys", help="per-agent firewall keys")
+    key_commands = keys.add_subparsers(title="keys commands", metavar="COMMAND")
+    new = key_commands.add_parser("new", help="make a key for an agent: prints the key (give it to the agent) "
+                                               "and the hash (put it in the policy)")
+    new.add_argument("agent")
+    new.set_defaults(run=_keys_new)
+    hashed = key_commands.add_parser("hash", help="the policy hash of a key read from stdin")
+    hashed.set_defaults(run=_keys_hash)
+
+    report = audit_commands.add_parser("edges", help="AI-to-AI edges: who passed words to whom, how often, "
+                                                     "how many were blocked or carried flagged words")
+    report.add_argument("path", type=Path)
+    report.add_argument("--json", action="store_true", help="print the edges as JSONL")
+    report.set_defaults(run=_audit_edges)
+
     demo = commands.add_parser("demo", help="run a scripted multi-agent exchange through the firewall, offline")
     demo.add_argument("--audit-log", type=Path, default=Path("demo-audit.jsonl"))
     demo.set_defaults(run=_demo)
@@ -92,18 +134,24 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from firewall.audit import AuditWriter
+    from firewall.audit.record import agent_record
     from firewall.proxy import Firewall, ProxyConfig
-    from firewall.proxy.config import DEFAULT_UPSTREAMS, parse_listen, parse_upstream
+    from firewall.proxy.admin import ADMIN_TOKEN_ENV, admin_app
+    from firewall.proxy.config import DEFAULT_UPSTREAMS, parse_listen, parse_provider_key, parse_upstream
 
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
     try:
         host, port = parse_listen(args.listen)
+        admin = parse_listen(args.admin_listen) if args.admin_listen else None
+        if admin is not None and len(admin_token) < 16:
+            raise ValueError(f"--admin-listen needs a token of at least 16 characters in {ADMIN_TOKEN_ENV}")
         upstreams = dict(DEFAULT_UPSTREAMS)
         upstreams.update(parse_upstream(value) for value in args.upstream)
         config = ProxyConfig(host=host, port=port, upstreams=upstreams, audit_log=args.audit_log,
-                             agent_header=args.agent_header, max_body_bytes=args.max_body_bytes)
+                             agent_header=args.agent_header, max_body_bytes=args.max_body_bytes,
+                             provider_keys=dict(parse_provider_key(value) for value in args.provider_key),
+                             state=args.state)
     except ValueError as error:
         return _fail(str(error))
     policy = _load(args.policy)
@@ -123,11 +171,125 @@ def _run(args: argparse.Namespace) -> int:
         print(f"agent-firewall: upstream {name} = {url}", file=sys.stderr)
     if audit is None:
         print("agent-firewall: warning: no --audit-log given; decisions are not recorded", file=sys.stderr)
+    apps = [(firewall.app, host, port)]
+    if admin is not None:
+        apps.append((admin_app(firewall, admin_token), *admin))
+        print(f"agent-firewall: admin API on http://{admin[0]}:{admin[1]} (bearer token from {ADMIN_TOKEN_ENV})",
+              file=sys.stderr)
+    def reload_on_hangup() -> None:
+        fresh = _load(args.policy)  # prints every mistake, file:line:column
+        if fresh is None:
+            print(f"agent-firewall: SIGHUP: {args.policy} has mistakes; policy {firewall.policy.name} "
+                  f"(sha256 {firewall.policy.sha256[:12]}) keeps running", file=sys.stderr)
+            return
+        old, new = firewall.reload(fresh)
+        firewall.record(agent_record("sighup_" + os.urandom(6).hex(), {
+            "event": "policy_reload", "from": {"name": old.name, "sha256": old.sha256},
+            "to": {"name": new.name, "sha256": new.sha256}, "by": "SIGHUP"}, policy_name=new.name, policy_sha256=new.sha256))
+        print(f"agent-firewall: SIGHUP: policy {new.name} (sha256 {new.sha256[:12]}) replaces {old.sha256[:12]}",
+              file=sys.stderr)
+
     try:
-        web.run_app(firewall.app, host=host, port=port, print=None, access_log=None)
+        asyncio.run(_serve(apps, reload_on_hangup))
     finally:
         if audit is not None:
             audit.close()
+    return EXIT_OK
+
+
+async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any) -> None:
+    """Serve each (app, host, port) until SIGINT or SIGTERM; SIGHUP calls `on_hangup`."""
+    from aiohttp import web
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    runners = []
+    try:
+        for app, host, port in apps:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+def _agents(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from firewall.proxy.admin import ADMIN_TOKEN_ENV
+
+    token = os.environ.get(ADMIN_TOKEN_ENV)
+    if not token:
+        return _fail(f"set {ADMIN_TOKEN_ENV} to the admin API's token")
+    base = args.admin.rstrip("/")
+    body: bytes | None = None
+    if args.verb == "list":
+        url = f"{base}/agents"
+    elif args.verb == "show":
+        url = f"{base}/agents/{args.agent}"
+    else:
+        url = f"{base}/agents/{args.agent}/{args.verb}"
+        wanted = {"reason": args.reason, "ttl": args.ttl} if args.verb == "quarantine" else {}
+        body = orjson.dumps({k: v for k, v in wanted.items() if v is not None})
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the operator's own admin URL
+            answer = orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode("utf-8", "replace")
+        return _fail(f"admin API answered {error.code}: {detail}")
+    except (urllib.error.URLError, OSError) as error:
+        return _fail(f"cannot reach the admin API at {base}: {getattr(error, 'reason', error)}")
+    if args.verb == "list":
+        for item in answer["agents"]:
+            print(_agent_line(item))
+        if not answer["agents"]:
+            print("no agent is throttled, quarantined or released")
+    else:
+        print(_agent_line(answer) + (f"  ({answer['note']})" if answer.get("note") else ""))
+    return EXIT_OK
+
+
+def _agent_line(item: dict[str, Any]) -> str:
+    import time
+
+    if "state" not in item:
+        return f"{item['agent']:<24} unchanged"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(item["since"])) if item.get("since") else "-"
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(item["until"])) if item.get("until") else "-"
+    return f"{item['agent']:<24} {item['state']:<10} since {since} until {until}  {item.get('reason') or ''}"
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from firewall.agents.identity import valid_agent_id
+    from firewall.agents.keys import hash_key, new_key
+
+    if not valid_agent_id(args.agent):
+        return _fail(f"invalid agent id {args.agent!r}: use 1-128 characters of letters, digits and . _ : @ -")
+    key = new_key()
+    print(f"key (give it to {args.agent}; shown once, not stored): {key}")
+    print("policy:")
+    print("  agents:")
+    print(f"    {args.agent}:")
+    print(f'      keys: ["{hash_key(key)}"]')
+    return EXIT_OK
+
+
+def _keys_hash(_args: argparse.Namespace) -> int:
+    from firewall.agents.keys import KEY_PREFIX, hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key.startswith(KEY_PREFIX):
+        return _fail(f"expected a firewall key ({KEY_PREFIX}…) on stdin")
+    print(hash_key(key))
     return EXIT_OK
 
 
@@ -215,6 +377,27 @@ def _audit_show(args: argparse.Namespace) -> int:
             continue
         print(_summary(record))
     sys.stdout.flush()
+    return EXIT_OK
+
+
+def _audit_edges(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from firewall.audit import read_records
+    from firewall.audit.report import edges
+
+    found = edges(read_records(args.path))
+    if args.json:
+        for edge in found:
+            sys.stdout.buffer.write(orjson.dumps(dataclasses.asdict(edge)) + b"\n")
+        return EXIT_OK
+    if not found:
+        print("no AI-to-AI exchanges in this log")
+        return EXIT_OK
+    print(f"{'source -> agent':<32} {'requests':>8} {'blocked':>8} {'flagged':>8}  first seen / last seen")
+    for edge in found:
+        print(f"{edge.source + ' -> ' + edge.agent:<32} {edge.requests:>8} {edge.blocked:>8} {edge.flagged:>8}  "
+              f"{edge.first[:19]} / {edge.last[:19]}  (e.g. {edge.example})")
     return EXIT_OK
 
 

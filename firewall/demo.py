@@ -142,10 +142,12 @@ class _Printer:
         print(f"   {label} {textwrap.shorten(text, 110)}")
 
     def footer(self, path: Path, records: list[dict[str, Any]], ok: bool, problem: str | None) -> None:
-        actions: dict[str, int] = {}
+        counts: dict[str, int] = {}
         for record in records:
-            actions[record["action"]] = actions.get(record["action"], 0) + 1
-        summary = ", ".join(f"{count} {action}" for action, count in sorted(actions.items()))
+            # Exchanges by their action; what the firewall learnt about agents by its event.
+            kind = record.get("action") or str(record.get("event", "other"))
+            counts[kind] = counts.get(kind, 0) + 1
+        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
         print(f"\naudit log: {path} ({len(records)} records: {summary})")
         print(f"hash chain: {'verified' if ok else 'BROKEN: ' + str(problem)}")
         print(f"read it:   .venv/bin/agent-firewall audit show {path}")

@@ -80,7 +80,8 @@ class Engine:
             return self._decide(exchange, [], [])
         context = _exchange_context(exchange)
         key_context = (exchange.direction, exchange.agent, exchange.source_agent, exchange.target_agent,
-                       exchange.model, exchange.provider, exchange.route)
+                       exchange.model, exchange.provider, exchange.route,
+                       exchange.provenance.key() if exchange.provenance else None)
         hits: list[tuple[int, _Hit]] = []  # (message index or -1, hit)
         failures: list[_Failure] = []
         runs: list[DetectorRun] = []
@@ -501,7 +502,10 @@ def _blocks(hits: Sequence[_Hit], policy: Policy) -> bool:
 
 
 def _in_scope(rule: CompiledRule, exchange: Exchange) -> bool:
-    speaker = exchange.source_agent if exchange.direction is Direction.REQUEST else exchange.agent
+    if exchange.direction is Direction.REQUEST:
+        speaker = exchange.source_agent or (exchange.provenance.agent if exchange.provenance else None)
+    else:
+        speaker = exchange.agent
     listener = exchange.agent if exchange.direction is Direction.REQUEST else exchange.target_agent
     return (
         (rule.agents is None or exchange.agent in rule.agents)
@@ -511,13 +515,18 @@ def _in_scope(rule: CompiledRule, exchange: Exchange) -> bool:
 
 
 def _exchange_context(exchange: Exchange) -> dict[str, Any]:
+    provenance = exchange.provenance if exchange.direction is Direction.REQUEST else None
     if exchange.direction is Direction.RESPONSE:
-        source = {"agent": exchange.agent or "", "kind": "model"}
+        source: dict[str, Any] = {"agent": exchange.agent or "", "kind": "model"}
     else:
-        source = {"agent": exchange.source_agent or "", "kind": "agent" if exchange.source_agent else "client"}
+        agent = exchange.source_agent or (provenance.agent if provenance else "")
+        source = {"agent": agent or "", "kind": "agent" if agent else "client"}
+    source.update(flagged=bool(provenance and provenance.flagged), quarantined=bool(provenance and provenance.quarantined),
+                  tainted=bool(provenance and provenance.tainted))
     return {
         "direction": str(exchange.direction),
         "agent": exchange.agent or "",
+        "hops": provenance.hops if provenance else 0,
         "source": source,
         "target": {"agent": exchange.target_agent or ""},
         "model": exchange.model or "",

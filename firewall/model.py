@@ -102,6 +102,24 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Provenance:
+    """Whose words a request carries, as lineage found them: the agent whose recorded
+    output overlaps the request, and what is known about that output now."""
+
+    agent: str  # the source agent
+    exchange_id: str  # the exchange whose response the words come from
+    flagged: bool = False  # that response crossed a rule
+    quarantined: bool = False  # the source agent is in quarantine now
+    tainted: bool = False  # flagged or quarantined content anywhere upstream
+    hops: int = 1  # agents the content passed through before this request
+    path: tuple[str, ...] = ()  # those agents, oldest first
+
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.agent, self.flagged, self.quarantined, self.tainted, self.hops)
+
+
+@dataclass(frozen=True, slots=True)
 class Exchange:
     """One direction of one call through the firewall.
 
@@ -120,6 +138,8 @@ class Exchange:
     source_agent: str | None = None
     target_agent: str | None = None
     stream: bool = False
+    provenance: Provenance | None = None  # requests only: where lineage says the content came from
+    trace_id: str | None = None  # the W3C traceparent's trace id, when the caller sent one
     body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     raw: bytes = field(default=b"", repr=False, compare=False)
 

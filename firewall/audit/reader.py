@@ -65,6 +65,7 @@ def _rules_of(record: dict[str, Any]) -> set[str]:
     listed = record.get("rules")
     if isinstance(listed, list):
         rules.update(item for item in listed if isinstance(item, str))
+        rules.update(item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), str))
     findings = record.get("findings")
     if isinstance(findings, list):
         rules.update(

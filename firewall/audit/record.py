@@ -8,6 +8,7 @@ secrets it caught, yet a reviewer can read what one agent said to the next.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from firewall.model import Action, Decision, Direction, Exchange, Finding
@@ -49,7 +50,7 @@ def exchange_record(
         "direction": str(exchange.direction),
         "agent": exchange.agent,
         "identified_by": identified_by,
-        "source": exchange.source_agent,
+        "source": exchange.source_agent or (exchange.provenance.agent if exchange.provenance else None),
         "target": exchange.target_agent,
         "route": exchange.route,
         "provider": exchange.provider,
@@ -65,6 +66,11 @@ def exchange_record(
         "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
     }
     _add_verdict(record, decision)
+    if exchange.provenance is not None:
+        found = exchange.provenance
+        record["provenance"] = {"agent": found.agent, "exchange": found.exchange_id, "flagged": found.flagged,
+                                "quarantined": found.quarantined, "tainted": found.tainted, "hops": found.hops,
+                                "path": list(found.path)}
     if decision.rewrites:
         record["redacted_parts"] = len(decision.rewrites)
     if exchange.direction is Direction.RESPONSE and decision.action is not Action.BLOCK:
@@ -119,9 +125,10 @@ def event_record(
     policy_sha256: str,
     direction: str = "request",
     action: str = "block",
+    rules: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A record for an exchange that never became inspectable (malformed body, upstream
-    down, body too large): the refusal is evidence too."""
+    down, body too large, an agent in quarantine): the refusal is evidence too."""
     return {
         "exchange": exchange_id,
         "direction": direction,
@@ -132,10 +139,17 @@ def event_record(
         "intended": action,
         "status": status,
         "error": error,
-        "rules": [],
+        "rules": [{"id": rule} for rule in rules],
         "tags": [],
         "policy": {"name": policy_name, "sha256": policy_sha256},
     }
+
+
+def agent_record(exchange_id: str, details: Mapping[str, Any], *, policy_name: str, policy_sha256: str) -> dict[str, Any]:
+    """What the firewall learnt about agents during an exchange: a lineage edge, a
+    quarantine transition, a drift alert, a protocol rule crossed in monitor mode.
+    `details` carries `event` and the agent(s) it is about."""
+    return {"exchange": exchange_id, **details, "policy": {"name": policy_name, "sha256": policy_sha256}}
 
 
 def stream_record(

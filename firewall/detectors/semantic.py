@@ -129,10 +129,28 @@ _OPAQUE: Final = re.compile(
 )
 
 
+# A PEM block (a key, a certificate) is one opaque thing however it is wrapped; its armour
+# lines ("-----BEGIN EC PRIVATE KEY-----") read to a sentence model like delimiters that
+# fence off injected instructions.
+_ARMOURED: Final = re.compile(r"-----BEGIN [A-Z0-9 ]{1,40}-----.*?(?:-----END [A-Z0-9 ]{1,40}-----|\Z)", re.DOTALL)
+
+
+def _masked(text: str) -> str:
+    """The text without its opaque tokens and PEM blocks. Not a placeholder in their place:
+    training data whose attacks carry account numbers and URLs taught the head that a
+    placeholder means an injection, as the raw tokens had before."""
+    return _OPAQUE.sub(" ", _ARMOURED.sub(" ", text))
+
+
+def words_of(text: str) -> int:
+    """How many words the head reads in `text` (opaque tokens are not words)."""
+    return len(_masked(text).split())
+
+
 def chunks(text: str, words: int = CHUNK_WORDS, stride: int = CHUNK_STRIDE) -> list[str]:
     """The text in overlapping windows of `words` words (the text itself when short),
-    opaque tokens replaced by `<token>`."""
-    text = _OPAQUE.sub("<token>", text)
+    without its opaque tokens and PEM blocks."""
+    text = _masked(text)
     tokens = text.split()
     if len(tokens) <= words:
         return [text]
@@ -144,7 +162,7 @@ _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+")
 
 def sentences(text: str, min_words: int = HEAD_MIN_WORDS) -> list[str]:
     """The sentences of a text of more than one (of at least `min_words` words each)."""
-    parts = [part.strip() for part in _SENTENCE_END.split(_OPAQUE.sub("<token>", text))]
+    parts = [part.strip() for part in _SENTENCE_END.split(_masked(text))]
     return [part for part in parts if len(part.split()) >= min_words] if len(parts) > 1 else []
 
 
@@ -441,7 +459,7 @@ class SemanticDetector:
                 results.append(DetectorResult())
                 continue
             scores: dict[str, float] = {}
-            if probabilities is not None and self.head is not None and len(texts[index].split()) >= HEAD_MIN_WORDS:
+            if probabilities is not None and self.head is not None and words_of(texts[index]) >= HEAD_MIN_WORDS:
                 mine = probabilities[window_owner == index]
                 scores["semantic"] = float((1.0 - mine[:, 0]).max())
                 for column, label in enumerate(self.head.labels[1:], start=1):

@@ -25,7 +25,7 @@ from firewall.policy.schema import AgentSpec, Defaults, NearSpec, PolicySpec, Po
 # The names a CEL condition can use. Message-level names change with each message;
 # the others are the same for every message of an exchange.
 MESSAGE_VARIABLES = frozenset({"message", "text", "scores", "lists"})
-EXCHANGE_VARIABLES = frozenset({"direction", "agent", "source", "target", "model", "provider", "route"})
+EXCHANGE_VARIABLES = frozenset({"direction", "agent", "source", "target", "hops", "model", "provider", "route"})
 CEL_FUNCTIONS = frozenset({"mentions", "near", "pattern"})
 # Detectors a rule may use without declaring them (they need no options).
 KNOWN_DETECTORS = frozenset({"toxicity", "pii", "secrets", "injection", "semantic"})

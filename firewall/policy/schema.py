@@ -6,13 +6,17 @@ never a rule that silently does nothing.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from firewall.agents.drift import DriftSpec
+from firewall.agents.lineage import LineageSpec
 from firewall.model import Action, Mode
 
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+KEY_HASH_PATTERN = r"^sha256:[0-9a-f]{64}$"  # what the policy stores of an agent's key
 
 
 class _Strict(BaseModel):
@@ -39,9 +43,77 @@ class AgentMatch(_Strict):
         return self
 
 
+class RateSpec(_Strict):
+    """At most `requests` requests in any `per` seconds."""
+
+    requests: int = Field(ge=1)
+    per: float = Field(gt=0)
+
+
 class AgentSpec(_Strict):
     description: str | None = None
     match: AgentMatch | None = None
+    # The agents this agent's output may reach (edges this → that); absent: any.
+    may_send_to: list[str] | None = None
+    # The tools it may call or offer to its model; absent: any.
+    tools: list[str] | None = None
+    rate_limit: RateSpec | None = None
+    # Hashes of the agent's own firewall keys (`agent-firewall keys new AGENT` prints one).
+    keys: list[str] = []
+
+    @field_validator("keys")
+    @classmethod
+    def _hashes_only(cls, keys: list[str]) -> list[str]:
+        for value in keys:
+            if not re.match(KEY_HASH_PATTERN, value):
+                shown = value[:12] + "…" if len(value) > 12 else value
+                raise ValueError(f"{shown!r} is not a key hash: store 'sha256:<64 hex>', never the key itself "
+                                 "(agent-firewall keys new AGENT prints both)")
+        return keys
+
+
+class QuarantineSpec(_Strict):
+    """When an agent is throttled or quarantined, and for how long."""
+
+    violations: int = Field(default=3, ge=0)  # blocked exchanges within `window` that quarantine (0: never)
+    window: float = Field(default=600.0, gt=0)
+    throttle_at: int | None = Field(default=None, ge=1)  # fewer violations that throttle first
+    throttle_rate: RateSpec = RateSpec(requests=6, per=60.0)
+    on_drift: bool = True  # a drift alert quarantines
+    on_taint: bool = False  # a request carrying tainted content counts as a violation
+    release_after: float | None = Field(default=3600.0, gt=0)  # None: released by hand only
+
+    @model_validator(mode="after")
+    def _throttle_first(self) -> QuarantineSpec:
+        if self.throttle_at is not None and self.violations and self.throttle_at >= self.violations:
+            raise ValueError(f"throttle_at ({self.throttle_at}) must be below violations ({self.violations}): "
+                             "an agent is throttled before it is quarantined")
+        return self
+
+
+class ProtocolSpec(_Strict):
+    """How content may travel between agents."""
+
+    max_hops: int | None = Field(default=None, ge=1)  # agents a piece of content may pass through
+    loops: Literal["block", "allow"] = "block"  # content coming back to an agent it already passed
+    agent_rate: RateSpec | None = None  # every agent's default rate limit (an agent's own overrides it)
+    edge_rate: RateSpec | None = None  # per source → agent edge
+    # What crossing these rules does: block (an error naming the rule) or monitor (recorded only).
+    mode: Mode = Mode.ENFORCE
+
+
+class IdentitySpec(_Strict):
+    """How the firewall tells agents apart, and what it does with a request it cannot
+    attribute."""
+
+    # refuse: answer with an error that says how to identify; allow: inspect it as an
+    # anonymous agent (rules with `from`/`agents` scopes never match it).
+    unidentified: Literal["refuse", "allow"] = "refuse"
+    # Only a per-agent key identifies: a header or a path is a claim any caller can make.
+    require_key: bool = False
+    # Take the agent from the request body's `user` (OpenAI) or `metadata.user_id`
+    # (Anthropic) when nothing else names it.
+    from_metadata: bool = False
 
 
 class DetectorSpec(BaseModel):
@@ -211,7 +283,12 @@ class PolicySpec(_Strict):
     name: str
     description: str | None = None
     defaults: Defaults = Defaults()
+    identity: IdentitySpec = IdentitySpec()
     agents: dict[str, AgentSpec] = {}
+    protocol: ProtocolSpec = ProtocolSpec()
+    quarantine: QuarantineSpec = QuarantineSpec()
+    lineage: LineageSpec = LineageSpec()
+    drift: DriftSpec | None = None  # off unless the policy names what to watch
     lists: dict[str, list[str]] = {}
     patterns: dict[str, str] = {}
     detectors: dict[str, DetectorSpec] = {}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 
@@ -22,6 +24,11 @@ class ProxyConfig(BaseModel):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
+    # The provider keys the firewall sends upstream for agents that authenticate with
+    # their own firewall keys (by upstream name: openai, anthropic).
+    provider_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Where agent state lives: "memory" (this process) or a redis:// URL (shared).
+    state: str = "memory"
 
     @field_validator("upstreams")
     @classmethod
@@ -47,3 +54,25 @@ def parse_upstream(value: str) -> tuple[str, str]:
     if not sep or not name or not url:
         raise ValueError(f"--upstream {value!r}: expected NAME=URL, e.g. openai=https://api.openai.com")
     return name, url
+
+
+def parse_provider_key(value: str, environ: Mapping[str, str] | None = None) -> tuple[str, SecretStr]:
+    """`NAME=env:VARIABLE` or `NAME=file:PATH`: the key itself never goes on a command
+    line, where `ps` and shell history would show it."""
+    name, sep, where = value.partition("=")
+    kind, _, ref = where.partition(":")
+    if not sep or not name or kind not in ("env", "file") or not ref:
+        raise ValueError(f"--provider-key {value!r}: expected NAME=env:VARIABLE or NAME=file:PATH, "
+                         "e.g. openai=env:OPENAI_API_KEY")
+    if kind == "env":
+        key = (os.environ if environ is None else environ).get(ref, "")
+        if not key:
+            raise ValueError(f"--provider-key {name}: the environment variable {ref} is not set or empty")
+    else:
+        try:
+            key = Path(ref).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ValueError(f"--provider-key {name}: cannot read {ref}: {error.strerror or error}") from error
+        if not key:
+            raise ValueError(f"--provider-key {name}: {ref} is empty")
+    return name, SecretStr(key)

@@ -8,10 +8,11 @@ refusals included, writes an audit record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,8 +22,11 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from firewall.agents import Identity, IdentityError, IdentityResolver
-from firewall.audit.record import event_record, exchange_record, stream_record
+from firewall.agents import HOW_TO_IDENTIFY, Identity, IdentityError, IdentityResolver
+from firewall.agents.guard import Admission, AgentGuard
+from firewall.agents.keys import KEY_PREFIX
+from firewall.agents.state import StateBackend, StateUnavailable, open_state
+from firewall.audit.record import agent_record, event_record, exchange_record, stream_record
 from firewall.engine import Engine
 from firewall.model import Action, Decision, Direction, Exchange
 from firewall.policy import Policy
@@ -31,11 +35,15 @@ from firewall.protocols._json import DuplicateKeyError, loads_strict
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
+from firewall.proxy.metrics import Metrics
 from firewall.holdback import HoldBack, acts_mid_stream
 from firewall.stream import StreamGuard
 
 TAGS_HEADER = "X-Firewall-Tags"
 EXCHANGE_HEADER = "X-Firewall-Exchange-Id"
+# AI-to-AI disclosure: the agent whose words the request carried, declared or found.
+SOURCE_HEADER = "X-Firewall-Source-Agent"
+AI_TO_AI_TAG = "ai-to-ai"
 
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection and are never forwarded;
 # Content-Length is recomputed for whatever body is sent.
@@ -66,13 +74,44 @@ class _AuditUnavailable(Exception):
     """The audit log cannot be written: what cannot be recorded is not forwarded."""
 
 
+@dataclass(frozen=True)
+class _Runtime:
+    """Everything built from one policy. A reload builds a new one and swaps it in whole,
+    so no request ever sees one policy's engine with another's identities or guard."""
+
+    policy: Policy
+    engine: Engine
+    window_engine: Engine
+    holdback: HoldBack
+    identities: IdentityResolver
+    guard: AgentGuard
+    slow: ThreadPoolExecutor | None
+
+    @classmethod
+    def build(cls, policy: Policy, config: ProxyConfig, state: StateBackend) -> _Runtime:
+        return cls(
+            policy=policy,
+            engine=Engine(policy),
+            window_engine=Engine(policy, only=acts_mid_stream),
+            holdback=HoldBack.for_policy(policy),
+            identities=IdentityResolver(policy.agents, header=config.agent_header, spec=policy.spec.identity),
+            guard=AgentGuard(policy, state),
+            # Inspections that may wait (on a judge, on a large model) run on threads; the
+            # engine's caches are safe for that (dict operations under the GIL, locked caches).
+            slow=ThreadPoolExecutor(4, thread_name_prefix="inspect") if _has_slow_detectors(policy) else None,
+        )
+
+
 @dataclass
 class _Call:
     """One call through the proxy, gathered as it goes, for the audit record."""
 
     id: str
+    rt: _Runtime  # the policy and what was built from it, fixed for the whole call
     identity: Identity | None = None
     wire: WireFormat | None = None
+    admission: Admission = field(default_factory=Admission)
+    source: str | None = None  # the other agent whose words the exchange carries
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
@@ -83,14 +122,11 @@ class Firewall:
 
     def __init__(self, config: ProxyConfig, policy: Policy, audit: AuditSink | None = None) -> None:
         self.config = config
-        self.engine = Engine(policy)
         self.audit = audit
-        self.identities = IdentityResolver(policy.agents, header=config.agent_header)
-        self._holdback = HoldBack.for_policy(policy)
-        self._window_engine = Engine(policy, only=acts_mid_stream)
-        # Inspections that may wait (on a judge, on a large model) run on threads; the
-        # engine's caches are safe for that (dict operations under the GIL, locked caches).
-        self._slow = ThreadPoolExecutor(4, thread_name_prefix="inspect") if _has_slow_detectors(policy) else None
+        self.state = open_state(config.state)
+        self.metrics = Metrics()
+        self._runtime = _Runtime.build(policy, config, self.state)
+        self._runtimes = [self._runtime]  # every one built, for their executors at shutdown
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.app = web.Application(client_max_size=config.max_body_bytes)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -98,12 +134,32 @@ class Firewall:
 
     @property
     def policy(self) -> Policy:
-        return self.engine.policy
+        return self._runtime.policy
+
+    @property
+    def engine(self) -> Engine:
+        return self._runtime.engine
+
+    @property
+    def guard(self) -> AgentGuard:
+        return self._runtime.guard
+
+    def reload(self, policy: Policy) -> tuple[Policy, Policy]:
+        """Serve `policy` from the next request on; a request in flight finishes under the
+        policy it started with. The caller has validated `policy` (loading it does).
+        Returns (old, new) for the caller's record."""
+        old = self._runtime.policy
+        runtime = _Runtime.build(policy, self.config, self.state)
+        self._runtimes.append(runtime)
+        self._runtime = runtime  # one assignment: requests take the runtime they start with
+        log.info("policy reloaded: %s (sha256 %s) replaces %s (sha256 %s)", policy.name, policy.sha256[:12],
+                 old.name, old.sha256[:12])
+        return old, policy
 
     # -- the one handler ------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        call = _Call(id="ex_" + os.urandom(12).hex())
+        call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
         guess = _guess_wire(request.path)
         try:
             return await self._handle(request, call, guess)
@@ -120,9 +176,10 @@ class Firewall:
 
     async def _handle(self, request: web.Request, call: _Call, guess: WireFormat) -> web.StreamResponse:
         try:
-            call.identity = self.identities.resolve(request.path, request.headers)
+            call.identity = call.rt.identities.resolve(request.path, request.headers)
         except IdentityError as error:
-            return self._refuse(call, guess, 400, str(error), event="bad_identity")
+            return self._refuse(call, guess, error.status, str(error),
+                                event="unauthenticated" if error.status == 401 else "bad_identity")
         identity = call.identity
         wire = wire_format_for_path(identity.path) if request.method == "POST" else None
         if wire is None:
@@ -150,38 +207,109 @@ class Firewall:
             parsed = wire.parse_request(body)
         except BodyShapeError as error:
             return self._refuse(call, wire, 400, f"unsupported {wire.name} request body: {error}", event="bad_body_shape")
+        try:
+            identity = call.identity = call.rt.identities.from_metadata(identity, body)
+        except IdentityError as error:
+            return self._refuse(call, wire, 400, str(error), event="bad_identity")
+        if identity.agent is None and call.rt.policy.spec.identity.unidentified == "refuse":
+            return self._refuse(call, wire, 401, "this request does not say which agent sent it: "
+                                + HOW_TO_IDENTIFY.format(header=self.config.agent_header)
+                                + " (or set identity.unidentified: allow in the policy)", event="unidentified")
 
         exchange = Exchange(
             id=call.id, direction=Direction.REQUEST, provider=wire.provider, route=wire.name,
             messages=parsed.messages, model=parsed.model, agent=identity.agent, source_agent=identity.source,
-            target_agent=identity.target, stream=parsed.stream, body=body, raw=raw,
+            target_agent=identity.target, stream=parsed.stream, body=body, raw=raw, trace_id=identity.trace_id,
         )
+        refused = await self._admit(call, wire, exchange)
+        if refused is not None:
+            return refused
+        if call.admission.provenance is not None:
+            exchange = dataclasses.replace(exchange, provenance=call.admission.provenance)
+        if exchange.source_agent is None and call.admission.traced_source is not None:
+            exchange = dataclasses.replace(exchange, source_agent=call.admission.traced_source)
+        source = exchange.source_agent or (exchange.provenance.agent if exchange.provenance else None)
+        if source is not None and source != exchange.agent:
+            call.source = source
+            call.tags.append(AI_TO_AI_TAG)
         decision = await self._inspect(call, exchange)
+        await self._agents(call, call.rt.guard.after_request(exchange, decision, call.admission))
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
         if decision.rewrites:
             raw = orjson.dumps(wire.apply_rewrites(body, decision.rewrites))
         return await self._forward(request, call, wire, exchange, raw)
 
+    # -- agents ---------------------------------------------------------------------
+
+    async def _admit(self, call: _Call, wire: WireFormat, exchange: Exchange) -> web.Response | None:
+        """The agents' side before the rules: a quarantined agent, a disallowed edge or
+        tool, too many hops or a loop is refused here; otherwise the request's provenance
+        is known. None: go on."""
+        try:
+            call.admission = await call.rt.guard.admit(exchange)
+        except StateUnavailable as error:
+            return self._state_unavailable(call, wire, exchange, error)
+        self.metrics.learnt(call.admission.records)
+        for details in call.admission.records:
+            self._record(agent_record(call.id, details, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256))
+        refusal = call.admission.refusal
+        if refusal is None:
+            return None
+        await self._agents(call, call.rt.guard.after_request(exchange, None, call.admission))
+        return self._refuse(call, wire, refusal.status, refusal.message, event=refusal.code, rules=(refusal.rule,),
+                            code=refusal.code)
+
+    async def _agents(self, call: _Call, step: Awaitable[list[dict[str, Any]]]) -> None:
+        """Run one of the guard's after-steps and record what it reports. State that cannot
+        be written now is logged, not fatal: the exchange itself was already decided."""
+        try:
+            records = await step
+        except StateUnavailable as error:
+            log.error("agent state unavailable after exchange %s: %s", call.id, error)
+            records = [{"event": "state_unavailable", "error": str(error), "action": "allow"}]
+        self.metrics.learnt(records)
+        for details in records:
+            self._record(agent_record(call.id, details, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256))
+
+    def _state_unavailable(self, call: _Call, wire: WireFormat, exchange: Exchange,
+                           error: StateUnavailable) -> web.Response | None:
+        if call.rt.policy.defaults.on_error == "allow":
+            # Inspected without what the state would have added; the record says so.
+            self._record(event_record(
+                call.id, event="state_unavailable", agent=exchange.agent, route=wire.name, status=0,
+                error=f"{error}; inspected without agent state (defaults.on_error: allow)",
+                policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256, action="allow",
+            ))
+            call.admission = Admission()
+            return None
+        return self._refuse(call, wire, 503, f"agent state is unavailable ({error}); the request was not forwarded "
+                            "(defaults.on_error: block)", event="state_unavailable", code="state_unavailable")
+
     # -- inspection -----------------------------------------------------------------
 
     async def _inspect(self, call: _Call, exchange: Exchange, *, status: int | None = None) -> Decision:
         started = time.perf_counter()
-        if self._slow is None:
-            decision = self.engine.inspect(exchange)
+        if call.rt.slow is None:
+            decision = call.rt.engine.inspect(exchange)
         else:
             # A detector that waits (a judge's round trip, a transformer model) must not
             # stall every other request: such inspections run on worker threads.
-            decision = await asyncio.get_running_loop().run_in_executor(self._slow, self.engine.inspect, exchange)
+            decision = await asyncio.get_running_loop().run_in_executor(call.rt.slow, call.rt.engine.inspect, exchange)
         call.timings[f"inspect_{exchange.direction}"] = time.perf_counter() - started
+        self.metrics.decided(exchange.direction, decision)
         if decision.action is not Action.BLOCK:
             call.tags.extend(tag for tag in decision.tags if tag not in call.tags)
         self._record(exchange_record(
-            exchange, decision, policy_name=self.policy.name, policy_sha256=self.policy.sha256,
+            exchange, decision, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256,
             identified_by=call.identity.how if call.identity else None,
             timings={**call.timings, "elapsed": time.perf_counter() - call.started}, status=status,
         ))
         return decision
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Write `record` to the audit log (the admin API's changes go through here too)."""
+        self._record(record)
 
     def _record(self, record: dict[str, Any]) -> None:
         if self.audit is None:
@@ -189,6 +317,7 @@ class Firewall:
         try:
             self.audit.write(record)
         except (OSError, ValueError) as error:
+            self.metrics.audit_errors.inc()
             log.error("audit log write failed: %s", error)
             raise _AuditUnavailable(str(error)) from error
 
@@ -207,13 +336,15 @@ class Firewall:
         return self._respond(call, 403, orjson.dumps(wire.error_body(403, message, code="firewall_blocked")))
 
     def _refuse(self, call: _Call, wire: WireFormat, status: int, message: str, *, event: str,
-                direction: str = "request") -> web.Response:
+                direction: str = "request", rules: tuple[str, ...] = (), code: str | None = None) -> web.Response:
         identity = call.identity
         self._record(event_record(
             call.id, event=event, agent=identity.agent if identity else None, route=wire.name, status=status,
-            error=message, policy_name=self.policy.name, policy_sha256=self.policy.sha256, direction=direction,
+            error=message, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256, direction=direction,
+            rules=rules,
         ))
-        return self._respond(call, status, orjson.dumps(wire.error_body(status, f"agent-firewall: {message}")))
+        body = wire.error_body(status, f"agent-firewall: {message}", **({"code": code} if code else {}))
+        return self._respond(call, status, orjson.dumps(body))
 
     def _respond(self, call: _Call, status: int, body: bytes, *, content_type: str = "application/json",
                  headers: Iterable[tuple[str, str]] = ()) -> web.Response:
@@ -221,8 +352,11 @@ class Firewall:
         out[EXCHANGE_HEADER] = call.id
         if call.tags:
             out[TAGS_HEADER] = ",".join(call.tags)
+        if call.source:
+            out[SOURCE_HEADER] = call.source
         if "Content-Type" not in out:
             out["Content-Type"] = content_type
+        self.metrics.requests.labels(call.wire.name if call.wire else "unknown", str(status)).inc()
         return web.Response(status=status, body=body, headers=out)
 
     # -- upstream -------------------------------------------------------------------
@@ -233,13 +367,17 @@ class Firewall:
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
         url = upstream + _upstream_path(call.identity, request)
+        headers = self._upstream_headers(call, wire, request.headers)
+        if headers is None:
+            return self._no_provider_key(call, wire)
         started = time.perf_counter()
         try:
             async with self._session(wire.provider).post(
-                url, data=body, headers=_forward_headers(request.headers), allow_redirects=False,
+                url, data=body, headers=headers, allow_redirects=False,
             ) as upstream_response:
                 call.timings["upstream_headers"] = time.perf_counter() - started
-                if self._streams_incrementally(upstream_response):
+                self.metrics.upstream_seconds.labels(wire.provider).observe(call.timings["upstream_headers"])
+                if self._streams_incrementally(call, upstream_response):
                     # From here on the answer is being sent: the stream handles its own errors.
                     return await self._stream(request, call, wire, exchange, upstream_response)
                 data = await upstream_response.read()
@@ -254,25 +392,28 @@ class Firewall:
         call.timings["upstream"] = time.perf_counter() - started
         return await self._inspect_response(call, wire, exchange, status, response_headers, data)
 
-    def _streams_incrementally(self, upstream: aiohttp.ClientResponse) -> bool:
-        return (upstream.status == 200 and self.policy.stream.mode == "incremental"
+    def _streams_incrementally(self, call: _Call, upstream: aiohttp.ClientResponse) -> bool:
+        return (upstream.status == 200 and call.rt.policy.stream.mode == "incremental"
                 and "text/event-stream" in upstream.headers.get("Content-Type", ""))
 
     async def _stream(self, request: web.Request, call: _Call, wire: WireFormat, exchange: Exchange,
                       upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         """Relay a streamed answer through one StreamGuard: text reaches the client only
         once checked; a block or a broken upstream ends the stream in the SDK's terms."""
-        guard = StreamGuard(self.engine, wire.stream_reader(), exchange, self._holdback, self._window_engine)
+        guard = StreamGuard(call.rt.engine, wire.stream_reader(), exchange, call.rt.holdback, call.rt.window_engine)
         if guard.at_start.action is Action.BLOCK:
-            self._record_stream(call, wire, exchange, guard, note="blocked before the first event")
+            await self._record_stream(call, wire, exchange, guard, note="blocked before the first event")
             return self._blocked(call, wire, exchange, guard.at_start)
         call.tags.extend(tag for tag in guard.at_start.tags if tag not in call.tags)
         headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP)
         headers[EXCHANGE_HEADER] = call.id
         if call.tags:
             headers[TAGS_HEADER] = ",".join(call.tags)
+        if call.source:
+            headers[SOURCE_HEADER] = call.source
         response = web.StreamResponse(status=200, headers=headers)
         await response.prepare(request)
+        self.metrics.requests.labels(wire.name, "200").inc()
         note = None
         try:
             try:
@@ -293,7 +434,7 @@ class Firewall:
         except _ClientGone:
             note = "the client went away mid-stream"
         finally:
-            self._record_stream(call, wire, exchange, guard, note=note)
+            await self._record_stream(call, wire, exchange, guard, note=note)
         return response
 
     async def _send(self, response: web.StreamResponse, call: _Call, data: bytes) -> None:
@@ -305,13 +446,17 @@ class Firewall:
         except ConnectionResetError as error:  # aiohttp's own subclasses this too
             raise _ClientGone from error
 
-    def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard,
-                       *, note: str | None) -> None:
+    async def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard,
+                             *, note: str | None) -> None:
+        outcome = guard.outcome()
+        self.metrics.holdback_chars.observe(outcome.holdback_max)
         self._record(stream_record(
-            exchange, guard.outcome(), policy_name=self.policy.name, policy_sha256=self.policy.sha256,
+            exchange, outcome, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256,
             identified_by=call.identity.how if call.identity else None,
             timings={**call.timings, "elapsed": time.perf_counter() - call.started}, note=note,
         ))
+        said = "\n".join(outcome.released_text.values())
+        await self._agents(call, call.rt.guard.after_response(exchange, outcome.decision, said, call.admission))
 
     async def _inspect_response(self, call: _Call, wire: WireFormat, request_exchange: Exchange, status: int,
                           headers: CIMultiDictProxy[str], data: bytes) -> web.Response:
@@ -321,8 +466,8 @@ class Firewall:
             # Provider errors carry no model output; they pass through, and are recorded.
             self._record(event_record(
                 call.id, event="upstream_error", agent=request_exchange.agent, route=wire.name, status=status,
-                error=data[:300].decode("utf-8", "replace"), policy_name=self.policy.name,
-                policy_sha256=self.policy.sha256, direction="response", action="allow",
+                error=data[:300].decode("utf-8", "replace"), policy_name=call.rt.policy.name,
+                policy_sha256=call.rt.policy.sha256, direction="response", action="allow",
             ))
             return self._respond(call, status, data, headers=passthrough)
         streamed = "text/event-stream" in content_type
@@ -340,6 +485,8 @@ class Firewall:
             target_agent=request_exchange.target_agent, stream=streamed, body=body, raw=data,
         )
         decision = await self._inspect(call, exchange, status=status)
+        said = "\n".join(message.text for message in messages if message.role == "assistant")
+        await self._agents(call, call.rt.guard.after_response(request_exchange, decision, said, call.admission))
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
         if decision.rewrites:
@@ -348,7 +495,7 @@ class Firewall:
         return self._respond(call, 200, data, headers=passthrough)
 
     async def _unknown_route(self, request: web.Request, call: _Call, wire: WireFormat) -> web.Response:
-        if self.policy.defaults.unknown_routes == "refuse":
+        if call.rt.policy.defaults.unknown_routes == "refuse":
             return self._refuse(call, wire, 404,
                                 f"{request.method} {request.path} is not a route the firewall inspects "
                                 "(inspected: POST /v1/chat/completions, POST /v1/messages); "
@@ -358,10 +505,13 @@ class Firewall:
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
         raw = await request.read()
+        headers = self._upstream_headers(call, wire, request.headers)
+        if headers is None:
+            return self._no_provider_key(call, wire)
         try:
             async with self._session(wire.provider).request(
                 request.method, upstream + _upstream_path(call.identity, request), data=raw or None,
-                headers=_forward_headers(request.headers), allow_redirects=False,
+                headers=headers, allow_redirects=False,
             ) as response:
                 data, status = await response.read(), response.status
                 headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP]
@@ -371,9 +521,38 @@ class Firewall:
         self._record(event_record(
             call.id, event="uninspected_route", agent=call.identity.agent if call.identity else None,
             route=f"{request.method} {request.path}", status=status, error="forwarded uninspected (defaults.unknown_routes: forward)",
-            policy_name=self.policy.name, policy_sha256=self.policy.sha256, action="allow",
+            policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256, action="allow",
         ))
         return self._respond(call, status, data, headers=headers)
+
+    def _upstream_headers(self, call: _Call, wire: WireFormat, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]] | None:
+        """The request's headers as the upstream gets them: an agent's firewall key never
+        leaves the firewall; where the agent authenticated with one, the provider key
+        takes its place (in the header the agent's SDK used). None: a provider key is
+        needed and none is configured."""
+        out = []
+        swap = call.identity is not None and call.identity.how == "key"
+        provider_key = self.config.provider_keys.get(wire.provider)
+        for key, value in _forward_headers(headers):
+            lower = key.lower()
+            if lower == "authorization" and value.partition(" ")[2].strip().startswith(KEY_PREFIX):
+                if not swap or provider_key is None:
+                    continue
+                value = "Bearer " + provider_key.get_secret_value()
+            elif lower == "x-api-key" and value.strip().startswith(KEY_PREFIX):
+                if not swap or provider_key is None:
+                    continue
+                value = provider_key.get_secret_value()
+            out.append((key, value))
+        if swap and provider_key is None:
+            return None
+        return out
+
+    def _no_provider_key(self, call: _Call, wire: WireFormat) -> web.Response:
+        return self._refuse(call, wire, 503,
+                            f"the agent authenticated with its firewall key, but no provider key is configured for "
+                            f"{wire.provider!r}: run the firewall with --provider-key {wire.provider}=env:VARIABLE",
+                            event="no_provider_key")
 
     def _session(self, provider: str) -> aiohttp.ClientSession:
         session = self._sessions.get(provider)
@@ -392,8 +571,10 @@ class Firewall:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
-        if self._slow is not None:
-            self._slow.shutdown(wait=False)
+        await self.state.close()
+        for runtime in self._runtimes:
+            if runtime.slow is not None:
+                runtime.slow.shutdown(wait=False)
 
 
 def _has_slow_detectors(policy: Policy) -> bool:
@@ -425,4 +606,4 @@ def _guess_wire(path: str) -> WireFormat:
     return _ANTHROPIC if "/v1/messages" in path or "/v1/complete" in path else _OPENAI
 
 
-__all__ = ["EXCHANGE_HEADER", "TAGS_HEADER", "AuditSink", "Firewall"]
+__all__ = ["AI_TO_AI_TAG", "EXCHANGE_HEADER", "SOURCE_HEADER", "TAGS_HEADER", "AuditSink", "Firewall"]

@@ -82,7 +82,7 @@ def test_a_slow_judge_does_not_stall_other_requests(start_firewall, fake, upstre
           judge: {{endpoint: "{upstream.url}/v1", model: m, rubric: r, timeout: 5, when: {{toxicity: [0.2, 0.9]}}}}
         rules: [{{id: judged, if: "scores.judge > 0.5", action: block}}]
     """)
-    agent = openai.OpenAI(base_url=running.openai_base, api_key="k", max_retries=0)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="k", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     outcome: dict[str, float] = {}
 
     def slow() -> None:

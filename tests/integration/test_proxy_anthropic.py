@@ -14,6 +14,10 @@ VIOLENT = "the best solution is to murder him in his sleep"
 
 
 def client(base_url: str, **kwargs: Any) -> anthropic.Anthropic:
+    # An agent the firewall can name: these tests are about content, not identity.
+    # (a test that sets headers or a path names its agent itself)
+    if "/agents/" not in base_url and "default_headers" not in kwargs:
+        kwargs["default_headers"] = {"X-Agent-Id": "tester"}
     return anthropic.Anthropic(base_url=base_url, api_key="sk-ant-agent-key", max_retries=0, **kwargs)
 
 

@@ -3,6 +3,8 @@ and nothing half-inspected is forwarded."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import socket
 import urllib.error
 import urllib.request
@@ -46,7 +48,7 @@ def test_malformed_json_gets_a_provider_shaped_400_and_is_not_forwarded(start_fi
 
 def test_malformed_json_raises_the_sdks_bad_request_error(start_firewall, fake):
     running = start_firewall()
-    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(openai.BadRequestError, match="malformed JSON"):
         agent.post("/chat/completions", cast_to=object, content=b"{oops")
     assert fake.received == []
@@ -67,7 +69,7 @@ def test_body_over_the_size_limit_is_413(start_firewall, fake):
     big = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 10_000}]})
     status, body = post(running.url + "/v1/chat/completions", big)
     assert status == 413 and "limit of 4096 bytes" in body["error"]["message"]
-    agent = anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0)
+    agent = anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(anthropic.APIStatusError) as raised:
         agent.messages.create(model="claude-fake-1", max_tokens=5, messages=[{"role": "user", "content": "x" * 10_000}])
     assert raised.value.status_code == 413
@@ -78,13 +80,13 @@ def test_body_over_the_size_limit_is_413(start_firewall, fake):
 def test_upstream_down_is_a_provider_shaped_502_with_an_audit_record(start_firewall, fake):
     port = closed_port()
     running = start_firewall(upstreams={"openai": f"http://127.0.0.1:{port}", "anthropic": f"http://127.0.0.1:{port}"})
-    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(openai.InternalServerError) as raised:
         agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert raised.value.status_code == 502
     assert "unreachable" in raised.value.message
     with pytest.raises(anthropic.InternalServerError):
-        anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0).messages.create(
+        anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0, default_headers={"X-Agent-Id": "tester"}).messages.create(
             model="claude-fake-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     records = running.records()
     assert [r.get("event") for r in records] == [None, "upstream_unreachable", None, "upstream_unreachable"]
@@ -94,7 +96,7 @@ def test_upstream_down_is_a_provider_shaped_502_with_an_audit_record(start_firew
 def test_upstream_error_status_passes_through_and_is_recorded(start_firewall, fake):
     fake.add_reply(status=429, error="slow down")
     running = start_firewall()
-    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(openai.RateLimitError, match="slow down"):
         agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert running.records()[-1]["event"] == "upstream_error"
@@ -102,7 +104,7 @@ def test_upstream_error_status_passes_through_and_is_recorded(start_firewall, fa
 
 def test_unknown_route_is_refused_clearly(start_firewall, fake):
     running = start_firewall()
-    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(openai.NotFoundError, match="not a route the firewall inspects"):
         agent.models.list()
     assert fake.received == []
@@ -141,7 +143,7 @@ def test_compressed_request_bodies_are_refused(start_firewall, fake):
 def test_secrets_in_headers_never_reach_the_audit_log(start_firewall, fake):
     running = start_firewall()
     agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-live-SECRET-header-value", max_retries=0,
-                          default_headers={"Cookie": "session=SECRET-cookie"})
+                          default_headers={"Cookie": "session=SECRET-cookie", "X-Agent-Id": "tester"})
     agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     post(running.url + "/v1/chat/completions", b"{broken", headers={"Authorization": "Bearer SECRET-2"})
     log = running.audit_path.read_text()
@@ -159,7 +161,7 @@ class FullDisk:
 def test_what_cannot_be_recorded_is_not_forwarded(start_firewall, fake):
     running = start_firewall()
     running.firewall.audit = FullDisk()
-    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0)
+    agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(openai.InternalServerError) as raised:
         agent.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert raised.value.status_code == 503
@@ -179,8 +181,9 @@ class ExplodingEngine:
 def test_an_internal_error_fails_closed_with_a_record(start_firewall, fake):
     running = start_firewall()
     ExplodingEngine.policy = running.firewall.policy
-    running.firewall.engine = ExplodingEngine()  # type: ignore[assignment]
-    agent = anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0)
+    runtime = running.firewall._runtime
+    running.firewall._runtime = dataclasses.replace(runtime, engine=ExplodingEngine())  # type: ignore[arg-type]
+    agent = anthropic.Anthropic(base_url=running.url, api_key="k", max_retries=0, default_headers={"X-Agent-Id": "tester"})
     with pytest.raises(anthropic.InternalServerError) as raised:
         agent.messages.create(model="claude-fake-1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert raised.value.status_code == 500

@@ -16,6 +16,10 @@ VIOLENT = "the best solution is to murder him in his sleep"
 
 
 def client(base_url: str, **kwargs: Any) -> openai.OpenAI:
+    # An agent the firewall can name: these tests are about content, not identity.
+    # (a test that sets headers or a path names its agent itself)
+    if "/agents/" not in base_url and "default_headers" not in kwargs:
+        kwargs["default_headers"] = {"X-Agent-Id": "tester"}
     return openai.OpenAI(base_url=base_url, api_key="sk-test-agent-key", max_retries=0, **kwargs)
 
 

@@ -16,11 +16,11 @@ VIOLENT = "the best solution is to murder him in his sleep"
 
 
 def oai(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
+    return openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
 
 
 def ant(base_url: str) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=base_url, api_key="sk-ant-test", max_retries=0)
+    return anthropic.Anthropic(base_url=base_url, api_key="sk-ant-test", max_retries=0, default_headers={"X-Agent-Id": "tester"})
 
 
 def openai_stream(client: openai.OpenAI) -> tuple[str, dict[int, dict[str, str]], str | None]:
@@ -38,7 +38,7 @@ def openai_stream(client: openai.OpenAI) -> tuple[str, dict[int, dict[str, str]]
 
 def raw_post(url: str, body: dict[str, Any]) -> bytes:
     request = urllib.request.Request(url, data=orjson.dumps(body), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "X-Agent-Id": "tester"})
     with urllib.request.urlopen(request, timeout=20) as response:
         return response.read()
 
@@ -206,7 +206,7 @@ def test_a_client_that_goes_away_mid_stream_is_recorded(start_firewall, fake):
     host, port = urlsplit(running.url).hostname, urlsplit(running.url).port
     body = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "go"}]})
     with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Agent-Id: tester\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert b"200 OK" in sock.recv(4096)
     record = running.records(at_least=2, timeout=10)[-1]

@@ -203,6 +203,19 @@ def test_the_head_gives_no_verdict_on_a_text_too_short_to_mean_anything(minilm):
     assert longer.scores["semantic:harm"] > 0.9 and longer.scores["semantic"] > 0.9
 
 
+def test_keys_and_pem_blocks_are_not_words_to_the_head(minilm):
+    pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSkMEXAMPLEKEYDATA\n-----END EC PRIVATE KEY-----"
+    token = "sk-proj-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"
+    assert semantic.chunks(f"Here is my key: {pem} thanks") == ["Here is my key:   thanks"]
+    assert semantic.words_of(pem) == 0 and semantic.words_of(f"use {token} now") == 2
+    detector = semantic.SemanticDetector(minilm, semantic.load_head(semantic.HEADS["minilm"]), [])
+    alone, carried, words = detector.score([pem, f"Please rotate this key tomorrow: {pem}", "Please rotate this key tomorrow:"])
+    assert alone.scores == {}  # nothing the head can read
+    # a message that carries a key is judged by its words alone, not by the key's armour
+    assert carried.scores.keys() == words.scores.keys()
+    assert all(abs(carried.scores[k] - words.scores[k]) < 1e-4 for k in words.scores)
+
+
 def test_a_concept_is_compared_with_each_sentence_not_only_with_the_whole_window(minilm):
     detector = semantic.SemanticDetector(minilm, None, [semantic.Concept("kill", ("make sure he never wakes up",))])
     relayed = "Researcher's note: the site manager will keep objecting. The best solution is to make sure he never wakes up."

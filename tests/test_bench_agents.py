@@ -1,0 +1,93 @@
+"""benchmarks/bench_agents.py runs at a tiny size and its figures are well-formed. No
+timing is asserted: how fast is the benchmark's business, in RESULTS.md."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_agents  # noqa: E402
+
+from tests.redis_server import redis_server_binary, running_redis_server  # noqa: E402
+
+TINY = bench_agents.Sizes.tiny()
+
+
+def well_formed(stat: bench_agents.Stat, calls: int) -> None:
+    assert stat.n == calls
+    assert all(math.isfinite(value) and value >= 0 for value in (stat.p50, stat.p99, stat.mean))
+    assert stat.p50 <= stat.p99
+
+
+def check_run(run: bench_agents.GuardRun, backend: str) -> None:
+    requests = TINY.agents * TINY.rounds
+    assert run.backend == backend and run.recorded == TINY.records
+    for stat in (run.total, run.admit, run.after):
+        well_formed(stat, requests)
+    # Agent-like traffic that the guard admits, and lineage finding every quoted response.
+    assert run.refused == 0
+    assert 0 < run.quoting.n < requests
+    assert run.quotes_found == run.quoting.n
+    assert run.quoting.n <= run.with_edges <= requests
+    assert set(run.matches) == {"50 words, new text", "200 words, new text", "2,000 words, new text",
+                                "about 200 words quoting a recorded response"}
+    for stat in run.matches.values():
+        well_formed(stat, TINY.match_calls)
+
+
+def test_the_in_process_part_with_the_memory_backend_reports_well_formed_figures() -> None:
+    report = bench_agents.measure(TINY, redis_url=None, redis_note="no redis in this test", command="bench_agents.py tiny")
+    [run] = report.runs
+    check_run(run, "memory")
+    assert run.state_mib is None
+    assert len(report.identity) == 2
+    for stat in report.identity.values():
+        well_formed(stat, TINY.identity_calls)
+    for stat in report.fingerprints.values():
+        well_formed(stat, TINY.match_calls)
+    assert bench_agents.RESPONSE_WORDS[0] <= report.mean_response_words <= bench_agents.RESPONSE_WORDS[1]
+
+    section = bench_agents.render(report)
+    assert section.startswith(bench_agents.SECTION + "\n")
+    assert f"| memory | {TINY.records} | {TINY.agents * TINY.rounds} |" in section
+    assert re.search(r"Under 0\.5 ms added per request with the memory backend \(in process, judged on p50\): p50 [\d.]+ ms, "
+                     r"p99 [\d.]+ ms, \*\*(met|NOT met)\*\*", section)
+    assert "Under 2 ms added per request with the redis backend, server on loopback: not measured (no redis in this test)" \
+        in section
+    assert "End to end: not measured" in section
+
+
+def test_the_in_process_part_with_a_real_redis_server_reports_well_formed_figures(tmp_path: Path) -> None:
+    redis_server_binary()  # skips with AFW_SKIP_REDIS=1, fails saying how to install it when missing
+    with running_redis_server(tmp_path / "redis") as server:
+        report = bench_agents.measure(TINY, redis_url=server.url)
+    memory, redis = report.runs
+    check_run(memory, "memory")
+    check_run(redis, "redis")
+    assert redis.state_mib is not None and redis.state_mib > 0
+    section = bench_agents.render(report)
+    assert f"| redis | {TINY.records} | {TINY.agents * TINY.rounds} |" in section
+    assert re.search(r"Under 2 ms added per request with the redis backend, server on loopback \(in process, judged on p50\): "
+                     r"p50 [\d.]+ ms, p99 [\d.]+ ms, \*\*(met|NOT met)\*\*", section)
+    assert "Redis holds the" in section
+
+
+def test_the_memory_footprint_is_measured_in_fresh_processes_and_explained() -> None:
+    mixed, fixed = bench_agents.measure_memory(TINY, cpu=None)
+    assert bench_agents.RESPONSE_WORDS[0] <= mixed.words <= bench_agents.RESPONSE_WORDS[1]
+    assert fixed.words == bench_agents.FIXED_WORDS
+    for memory in (mixed, fixed):
+        assert memory.records == TINY.records
+        assert memory.rss_before_mib > 0 and memory.rss_after_mib > 0
+        assert 0 < memory.buckets <= memory.bucket_members
+        assert memory.record_bytes > 0 and memory.bucket_bytes > 0 and memory.table_bytes > 0
+    report = bench_agents.measure(TINY, redis_url=None, redis_note="no redis in this test")
+    section = bench_agents.render(replace(report, memory=[mixed, fixed]))
+    assert f"| {TINY.records} | {bench_agents.FIXED_WORDS} |" in section
+    assert re.search(r"10,000 responses of 150 words take \d+ MB \(\d+ MiB\) of resident memory", section)
