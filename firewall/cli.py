@@ -41,11 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
                      help="upstream base URL, e.g. openai=https://api.openai.com (repeatable)")
     run.add_argument("--audit-log", type=Path, help="append the audit log (JSONL) to this file")
+    run.add_argument("--audit-rotate-bytes", type=int, metavar="N",
+                     help="rotate the audit log (to FILE.000001, ...) once it reaches N bytes")
+    run.add_argument("--audit-rotate-seconds", type=float, metavar="S",
+                     help="rotate the audit log once its live file is S seconds old")
+    run.add_argument("--audit-fsync", choices=["record", "batch", "none"], default="none",
+                     help="fsync the audit log after every record, every --audit-fsync-interval seconds (batch), "
+                          "or never (none, the default: an OS crash can lose what the kernel has not written yet)")
+    run.add_argument("--audit-fsync-interval", type=float, default=1.0, metavar="S",
+                     help="with --audit-fsync batch: the most an OS crash can lose, in seconds (default 1)")
     run.add_argument("--agent-header", default="X-Agent-Id", help="header that names the calling agent")
     run.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
     run.add_argument("--admin-listen", metavar="HOST:PORT",
                      help="serve the admin API (health, agents, quarantine, release) here, e.g. 127.0.0.1:8081; "
                           "requires a bearer token in AGENT_FIREWALL_ADMIN_TOKEN")
+    run.add_argument("--watch-policy", action="store_true",
+                     help="reload the policy file when it changes (checked every second), as SIGHUP does")
     run.add_argument("--state", default="memory", metavar="memory|redis://HOST:PORT/DB",
                      help="where agent state (quarantine, lineage, rate limits, drift) lives; "
                           "a redis URL lets several firewall processes act as one (default: memory)")
@@ -58,9 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("policies", nargs="+", type=Path)
     check.set_defaults(run=_check)
 
-    test = commands.add_parser("test", help="run the tests: of policy files")
-    test.add_argument("policies", nargs="+", type=Path)
+    test = commands.add_parser("test", help="run the tests: of policy files (a directory: every policy in it)")
+    test.add_argument("policies", nargs="+", type=Path, metavar="POLICY_OR_DIR")
     test.add_argument("-v", "--verbose", action="store_true", help="print passing cases too")
+    test.add_argument("--junit", type=Path, metavar="PATH", help="also write the results as JUnit XML, for CI systems")
     test.set_defaults(run=_test)
 
     scan = commands.add_parser("scan", help="decide JSONL samples offline")
@@ -157,7 +169,12 @@ def _run(args: argparse.Namespace) -> int:
     policy = _load(args.policy)
     if policy is None:
         return EXIT_FAILED
-    audit = AuditWriter(config.audit_log) if config.audit_log else None
+    try:
+        audit = AuditWriter(config.audit_log, rotate_bytes=args.audit_rotate_bytes,
+                            rotate_seconds=args.audit_rotate_seconds, fsync=args.audit_fsync,
+                            fsync_interval=args.audit_fsync_interval) if config.audit_log else None
+    except ValueError as error:  # a bad option, or a log that cannot be appended to (AuditLogError)
+        return _fail(str(error))
     firewall = Firewall(config, policy, audit)
     _use_uvloop()
     # The policy, the models and the imports are alive for the whole run: move them out
@@ -179,26 +196,28 @@ def _run(args: argparse.Namespace) -> int:
     def reload_on_hangup() -> None:
         fresh = _load(args.policy)  # prints every mistake, file:line:column
         if fresh is None:
-            print(f"agent-firewall: SIGHUP: {args.policy} has mistakes; policy {firewall.policy.name} "
+            print(f"agent-firewall: reload: {args.policy} has mistakes; policy {firewall.policy.name} "
                   f"(sha256 {firewall.policy.sha256[:12]}) keeps running", file=sys.stderr)
             return
         old, new = firewall.reload(fresh)
         firewall.record(agent_record("sighup_" + os.urandom(6).hex(), {
             "event": "policy_reload", "from": {"name": old.name, "sha256": old.sha256},
-            "to": {"name": new.name, "sha256": new.sha256}, "by": "SIGHUP"}, policy_name=new.name, policy_sha256=new.sha256))
-        print(f"agent-firewall: SIGHUP: policy {new.name} (sha256 {new.sha256[:12]}) replaces {old.sha256[:12]}",
+            "to": {"name": new.name, "sha256": new.sha256}, "by": "SIGHUP or file change"}, policy_name=new.name,
+            policy_sha256=new.sha256))
+        print(f"agent-firewall: reload: policy {new.name} (sha256 {new.sha256[:12]}) replaces {old.sha256[:12]}",
               file=sys.stderr)
 
     try:
-        asyncio.run(_serve(apps, reload_on_hangup))
+        asyncio.run(_serve(apps, reload_on_hangup, args.policy if args.watch_policy else None))
     finally:
         if audit is not None:
             audit.close()
     return EXIT_OK
 
 
-async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any) -> None:
-    """Serve each (app, host, port) until SIGINT or SIGTERM; SIGHUP calls `on_hangup`."""
+async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path | None = None) -> None:
+    """Serve each (app, host, port) until SIGINT or SIGTERM; SIGHUP, and a change to the
+    `watch` file, call `on_hangup`."""
     from aiohttp import web
 
     stop = asyncio.Event()
@@ -206,6 +225,7 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    watcher = asyncio.create_task(_watch(watch, on_hangup, stop)) if watch is not None else None
     runners = []
     try:
         for app, host, port in apps:
@@ -215,8 +235,30 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any) -> None:
             await web.TCPSite(runner, host, port).start()
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def _watch(path: Path, on_change: Any, stop: asyncio.Event, every: float = 1.0) -> None:
+    """Call `on_change` when `path` changes (its size, modification time or inode: an
+    editor that writes a new file and renames it over the old one changes the inode).
+    Polling, not inotify: the same on every platform and every file system."""
+    def seen() -> tuple[int, int, int] | None:
+        try:
+            found = path.stat()
+        except OSError:
+            return None  # mid-rename, or gone: keep the running policy
+        return (found.st_mtime_ns, found.st_size, found.st_ino)
+
+    last = seen()
+    while not stop.is_set():
+        await asyncio.sleep(every)
+        now = seen()
+        if now is not None and now != last:
+            last = now
+            on_change()
 
 
 def _agents(args: argparse.Namespace) -> int:
@@ -315,15 +357,24 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
+    import time
+
+    from firewall.policy.junit import Suite, junit_xml
     from firewall.policy.testing import run_policy_tests
 
     passed = failed = 0
-    for path in args.policies:
+    suites: list[Suite] = []
+    for path in _policy_files(args.policies):
+        started = time.perf_counter()
         policy = _load(path)
         if policy is None:
             failed += 1
+            suites.append(Suite(str(path), "", error=f"{path}: the policy has mistakes (agent-firewall check {path})"))
             continue
-        for result in run_policy_tests(policy):
+        suite = Suite(str(path), policy.name, run_policy_tests(policy))
+        suite.seconds = time.perf_counter() - started
+        suites.append(suite)
+        for result in suite.results:
             if result.passed:
                 passed += 1
                 if args.verbose:
@@ -332,7 +383,20 @@ def _test(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"FAIL {path}: {result.name}: {result.failure}")
     print(f"{passed} passed, {failed} failed")
+    if args.junit is not None:
+        args.junit.write_bytes(junit_xml(suites))
     return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _policy_files(paths: Sequence[Path]) -> list[Path]:
+    """The policy files named, a directory standing for the YAML files directly in it."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()))
+        else:
+            out.append(path)
+    return out
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -358,12 +422,17 @@ def _scan(args: argparse.Namespace) -> int:
 def _audit_verify(args: argparse.Namespace) -> int:
     from firewall.audit import verify
 
-    report = verify(args.path)
+    report = verify(args.path)  # the live file of a rotated log: all its files, oldest first
     if report.ok:
-        print(f"{args.path}: ok: {report.records} records, hash chain intact")
+        if len(report.files) > 1:
+            for part in report.files:
+                seqs = f", seq {part.first_seq} to {part.last_seq}" if part.records else ""
+                print(f"{part.path}: ok: {part.records} records{seqs}")
+        files = f" in {len(report.files)} files" if len(report.files) > 1 else ""
+        print(f"{args.path}: ok: {report.records} records{files}, hash chain intact")
         return EXIT_OK
     where = f":{report.line}" if report.line else ""
-    print(f"{args.path}{where}: FAILED: {report.problem}")
+    print(f"{report.file or args.path}{where}: FAILED: {report.problem}")
     return EXIT_FAILED
 
 

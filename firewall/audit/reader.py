@@ -1,7 +1,8 @@
 """Reading an audit log back: records one at a time, and a simple filter.
 
 Reading does not check the hash chain (that is `verify`'s job); it only refuses lines
-that are not JSON records, naming the line.
+that are not JSON records, naming the file and line. A rotated log is read whole: its
+rotated files oldest first, then the live file.
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from typing import Any
 
 import orjson
 
-from firewall.audit.writer import AuditLogError
+from firewall.audit.writer import AuditLogError, log_files
 
 
 def read_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield each record of the log in file order. Raises AuditLogError at a line that
-    is not a JSON object (a torn last line included)."""
+    """Yield each record of the log whose live file is `path`, in chain order: its rotated
+    files (`path.000001`, ...) oldest first, then `path`. Raises AuditLogError at a line
+    that is not a JSON object (a torn last line included), FileNotFoundError if there is
+    no such log."""
+    files = log_files(path) or [path]  # none at all: let open() say so
+    for file in files:
+        yield from _records_of(file)
+
+
+def _records_of(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as file:
         for number, line in enumerate(file, 1):
             try:

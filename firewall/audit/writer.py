@@ -8,6 +8,27 @@ A record goes through structlog: a bound logger whose processors are plain calla
 `(logger, method_name, event_dict) -> event_dict` (timestamp, secret redaction, the
 hash chain), ending in a renderer that returns the line's bytes, which structlog hands
 to the file sink. Numbering a record and appending its line happen under one lock.
+
+Rotation (off unless asked for): the live file keeps its name (audit.jsonl); when it
+reaches `rotate_bytes` or is `rotate_seconds` old, the next write first renames it to
+`audit.jsonl.000001` (then .000002, ...: six or more digits, numbered in the order the
+files were rotated, so they sort by name) and starts a new live file. The chain does not
+restart: the new file's first record is a rotation record (`event: audit_rotated`),
+chained to the last record of the file before it, which names that file and its seq
+range. A file deleted from the middle of the set, or the newest rotated file, is
+therefore named by the file that follows it (see verify.py). A file is rotated on the
+first write after it reached the limit, so it ends up at most one record over
+`rotate_bytes`; it always holds at least one record besides its rotation record.
+
+Durability (`fsync`): "none" (the default, as before rotation existed) writes each line
+with one write(2) and never fsyncs: a record survives a crash of this process the moment
+`write` returns, but an OS crash or power loss can lose what the kernel has not written
+back yet (on Linux, typically the last 5 to 30 seconds). "record" fsyncs after every
+record before `write` returns: nothing acknowledged is lost, at the price of one disk
+flush per record on the writer's thread. "batch" fsyncs from a background thread every
+`fsync_interval` seconds (when something was written) and on rotation and close: an OS
+crash loses at most the records of the last interval (plus one fsync's duration).
+`durable_seq` says how far the log is known to be on disk.
 """
 
 from __future__ import annotations
@@ -17,10 +38,12 @@ import datetime
 import functools
 import hashlib
 import os
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import orjson
 import structlog
@@ -36,8 +59,16 @@ SECRET_KEYS: Final = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"}
 )
 
+ROTATION_EVENT: Final = "audit_rotated"
+
 EventDict = dict[str, Any]
 Processor = Callable[[Any, str, EventDict], EventDict]
+FsyncMode = Literal["record", "batch", "none"]
+FSYNC_MODES: Final[tuple[str, ...]] = get_args(FsyncMode)
+Clock = Callable[[], float]
+"""Seconds since the epoch, like `time.time` (the default). Tests pass a fake one."""
+Ticker = Callable[[float, Callable[[], None]], Callable[[], None]]
+"""`ticker(interval, tick) -> stop`: call `tick` every `interval` seconds until `stop()`."""
 
 _TAIL_BLOCK: Final = 64 * 1024
 
@@ -83,12 +114,28 @@ def record_hash(record: Mapping[str, Any]) -> str:
 # -- the processors ------------------------------------------------------------------------
 
 
-def add_timestamp(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
-    """`ts`: the time of writing, ISO 8601 UTC with microseconds (kept if already set)."""
-    if "ts" not in event_dict:
-        now = datetime.datetime.now(datetime.UTC)
-        event_dict["ts"] = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return event_dict
+def timestamper(clock: Clock = time.time) -> Processor:
+    """A processor that sets `ts`, the time of writing by `clock`, ISO 8601 UTC with
+    microseconds (kept if already set)."""
+
+    def add_timestamp(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        if "ts" not in event_dict:
+            now = datetime.datetime.fromtimestamp(clock(), datetime.UTC)
+            event_dict["ts"] = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return event_dict
+
+    return add_timestamp
+
+
+add_timestamp: Final = timestamper()
+
+
+def _epoch(ts: Any) -> float | None:
+    """The `ts` of a record back in seconds since the epoch (None if it is not one)."""
+    try:
+        return datetime.datetime.fromisoformat(ts).timestamp() if isinstance(ts, str) else None
+    except ValueError:
+        return None
 
 
 def redact_secrets(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
@@ -167,53 +214,192 @@ def render_jsonl(logger: Any, method_name: str, event_dict: EventDict) -> bytes:
     return orjson.dumps(event_dict, default=_default, option=_OPTIONS | orjson.OPT_APPEND_NEWLINE)
 
 
+# -- the files of one log -------------------------------------------------------------------
+
+_ROTATED_SUFFIX: Final = re.compile(r"[0-9]{6,}")
+
+
+def rotated_name(live: Path, number: int) -> Path:
+    """Where the live file goes when it is rotated for the `number`th time."""
+    return live.with_name(f"{live.name}.{number:06d}")
+
+
+def rotated_files(live: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The rotated files of the log whose live file is `live`, oldest first, with their
+    numbers. Only `<live name>.<6+ digits>` counts: a `.bak` or `.gz` beside it does not."""
+    live = Path(live)
+    prefix = live.name + "."
+    try:
+        names = os.listdir(live.parent)
+    except FileNotFoundError:
+        return []
+    found = [
+        (int(name[len(prefix) :]), live.with_name(name))
+        for name in names
+        if name.startswith(prefix) and _ROTATED_SUFFIX.fullmatch(name[len(prefix) :])
+    ]
+    return sorted(found)
+
+
+def log_files(live: str | os.PathLike[str]) -> list[Path]:
+    """Every file of the log whose live file is `live`, in chain order: the rotated files
+    oldest first, then the live file itself (when it exists)."""
+    files = [path for _, path in rotated_files(live)]
+    if os.path.exists(live):
+        files.append(Path(live))
+    return files
+
+
+def rotation_link(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a rotation record says about the file before it (None for other records)."""
+    previous = record.get("previous")
+    if record.get("event") != ROTATION_EVENT or not isinstance(previous, dict):
+        return None
+    return previous
+
+
 # -- where the lines go -----------------------------------------------------------------
 
+_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # data and size, not atime
 
-class _FileSink:
-    """Appends lines to the log file, one write per line.
 
-    This is the seam for the durability and rotation policies (a later issue): when
-    to fsync, and when to start a new file, are decided here and nowhere else.
+def _open_locked(path: Path, *, new: bool) -> int:
+    """Open `path` for appending and take its writer lock; `new`: it must not exist yet."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if new else 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise AuditLogError(
+            f"{path}: appeared while the log was being rotated: another writer has this audit log open"
+        ) from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AuditLogError(f"{path}: another writer has this audit log open") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a created or renamed file's name durable, not only its data."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # not every file system can sync a directory; the files' data were synced
+    finally:
+        os.close(fd)
+
+
+class _LiveFile:
+    """The live file: appends lines, one write each; fsyncs; rotates.
+
+    `write` and `rotate` run under the writer's lock. `sync` may come from the fsync
+    thread at any moment, so the descriptor is only swapped or closed under `_fd_lock`,
+    never while a sync is using it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sync_each: bool) -> None:
         self.path = path
+        self.sync_each = sync_each
+        self._fd_lock = threading.Lock()
         # Unbuffered and O_APPEND: each line is one write(2), so it reaches the OS
         # (survives a crash of this process) the moment write() returns.
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = _open_locked(path, new=False)
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise AuditLogError(f"{path}: another writer has this audit log open") from None
-            self._size = os.fstat(self._fd).st_size
+            self.size = os.fstat(self._fd).st_size
         except BaseException:
             os.close(self._fd)
             raise
 
     def write(self, line: bytes) -> None:
-        start = self._size
+        fd = self._fd
+        if fd < 0:
+            raise AuditLogError(f"{self.path}: the audit log file is closed (a rotation failed half-way)")
+        start = self.size
         view = memoryview(line)
         try:
             while view:
-                written = os.write(self._fd, view)
+                written = os.write(fd, view)
                 view = view[written:]
+            if self.sync_each:
+                _fdatasync(fd)
         except BaseException:
             # Never leave a torn line behind a failed write: the next record would
             # follow garbage and the whole log would fail verification from there.
             try:
-                os.ftruncate(self._fd, start)
+                os.ftruncate(fd, start)
             except OSError:
                 pass
             raise
-        self._size = start + len(line)
+        self.size = start + len(line)
+
+    def sync(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                _fdatasync(self._fd)
+
+    def rotate(self, target: Path, *, sync_directory: bool) -> None:
+        """Rename the live file to `target` and carry on in a new, empty live file."""
+        with self._fd_lock:
+            try:
+                os.rename(self.path, target)
+            except OSError as exc:
+                raise AuditLogError(f"{self.path}: cannot rotate it to {target.name}: {exc}") from exc
+            try:
+                fd = _open_locked(self.path, new=True)
+            except AuditLogError:
+                self._break()  # the live name is someone else's now: stop rather than mix logs
+                raise
+            except OSError as exc:
+                try:
+                    os.rename(target, self.path)  # carry on in the old file, as if never rotated
+                except OSError:
+                    self._break()
+                raise AuditLogError(f"{self.path}: cannot start a new live file: {exc}") from exc
+            os.close(self._fd)
+            self._fd, self.size = fd, 0
+        if sync_directory:
+            _sync_directory(self.path.parent)
+
+    @property
+    def broken(self) -> bool:
+        return self._fd < 0
+
+    def _break(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # also releases the flock
-            self._fd = -1
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)  # also releases the flock
+                self._fd = -1
+
+
+def thread_ticker(interval: float, tick: Callable[[], None]) -> Callable[[], None]:
+    """The default Ticker: calls `tick` every `interval` seconds from a daemon thread."""
+    stopped = threading.Event()
+
+    def run() -> None:
+        while not stopped.wait(interval):
+            tick()
+
+    thread = threading.Thread(target=run, name="audit-fsync", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopped.set()
+        thread.join()
+
+    return stop
 
 
 # -- the writer ------------------------------------------------------------------------------
@@ -222,54 +408,215 @@ class _FileSink:
 class AuditWriter:
     """Appends records to a hash-chained JSONL audit log. Thread-safe.
 
-    Opening an existing log resumes its chain from the last record; a log whose last
-    line is torn (a crash mid-write) or whose last record does not match its own hash
-    is refused with AuditLogError rather than silently continued.
+    Opening an existing log resumes its chain from the last record (of the newest rotated
+    file when the live file is empty, as after a crash during a rotation); a log whose last
+    line is torn (a crash mid-write) or whose last record does not match its own hash is
+    refused with AuditLogError rather than silently continued.
+
+    rotate_bytes / rotate_seconds: start a new live file once the current one has reached
+    this size, or is this old (by `clock`); None: never. fsync: "none", "batch" (every
+    `fsync_interval` seconds, by `ticker`) or "record" (see the module's docstring for
+    what each can lose). `clock` also stamps the records' `ts`.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
+        fsync: FsyncMode = "none",
+        fsync_interval: float = 1.0,
+        clock: Clock = time.time,
+        ticker: Ticker = thread_ticker,
+    ) -> None:
+        _check_options(rotate_bytes, rotate_seconds, fsync, fsync_interval)
         self.path = Path(path)
+        self.rotate_bytes = rotate_bytes
+        self.rotate_seconds = rotate_seconds
+        self.fsync: FsyncMode = fsync
+        self.fsync_interval = fsync_interval
+        self._clock = clock
         self._lock = threading.Lock()
-        self._sink = _FileSink(self.path)
-        try:
-            last = _last_record(self.path)
-        except BaseException:
-            self._sink.close()
-            raise
-        self._chain = HashChain() if last is None else HashChain(last["seq"] + 1, last["hash"])
-        self._written: EventDict = {}
-        self.processors: list[Processor] = [add_timestamp, redact_secrets, self._chain, self._keep, render_jsonl]
-        self._logger = structlog.wrap_logger(
-            self._sink, processors=self.processors, context_class=dict, wrapper_class=structlog.BoundLogger
-        )
+        self._sync_lock = threading.Lock()  # one fsync at a time; durable_seq only moves forward
         self._closed = False
+        self._sync_error: OSError | None = None
+        self._written_seq: int | None = None
+        self._durable_seq: int | None = None
+        self._stop_ticker: Callable[[], None] | None = None
+        self._live = _LiveFile(self.path, sync_each=fsync == "record")
+        try:
+            self._chain = self._resume()
+            self._written: EventDict = {}
+            self.processors: list[Processor] = [
+                timestamper(clock), redact_secrets, self._chain, self._keep, render_jsonl
+            ]
+            self._logger = structlog.wrap_logger(
+                self._live, processors=self.processors, context_class=dict, wrapper_class=structlog.BoundLogger
+            )
+            if fsync != "none":
+                _sync_directory(self.path.parent)
+            if self._pending is not None:
+                self._emit(self._pending)
+                self._pending = None
+            if fsync == "batch":
+                self._stop_ticker = ticker(fsync_interval, self._tick)
+        except BaseException:
+            self._live.close()
+            raise
+
+    def _resume(self) -> HashChain:
+        """Where the chain and the live file stand: read from the files on disk."""
+        rotated = rotated_files(self.path)
+        self._next_number = max((number for number, _ in rotated), default=0) + 1
+        self._pending: EventDict | None = None  # a rotation record still to be written
+        self._file_first_seq: int | None = None
+        self._file_started: float | None = None
+        self._file_has_data = False  # records besides the rotation record: worth rotating
+        last = _last_record(self.path)
+        if last is not None:
+            first = _first_record(self.path) or last
+            self._file_first_seq = first.get("seq") if isinstance(first.get("seq"), int) else None
+            self._file_started = _epoch(first.get("ts")) or self._clock()
+            self._file_has_data = rotation_link(last) is None
+            self._written_seq = last["seq"]
+            return HashChain(last["seq"] + 1, last["hash"])
+        if not rotated:
+            return HashChain()
+        number, newest = rotated[-1]
+        tail = _last_record(newest)
+        if tail is None:
+            raise AuditLogError(f"{newest}: the newest rotated file is empty; cannot tell where the chain stands")
+        head = _first_record(newest) or tail
+        self._pending = _rotation_record("resume", newest, number, head.get("seq"), tail["seq"])
+        self._written_seq = tail["seq"]
+        return HashChain(tail["seq"] + 1, tail["hash"])
 
     def _keep(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         self._written = event_dict
         return event_dict
 
     def write(self, record: Mapping[str, Any]) -> EventDict:
-        """Append one record; return it as written (with ts, seq, prev and hash)."""
+        """Append one record; return it as written (with ts, seq, prev and hash).
+
+        Rotates first when the live file is due. Raises AuditLogError when the writer is
+        closed, when a rotation fails (the record is then not written) and, for good,
+        after an fsync failed (what was written may not be on disk: refuse to go on as if
+        it were)."""
+        if record.get("event") == ROTATION_EVENT:
+            raise ValueError(f"event {ROTATION_EVENT!r} is reserved for the writer's own rotation records")
         with self._lock:
             if self._closed:
                 raise AuditLogError(f"{self.path}: the audit writer is closed")
-            state = self._chain.state
+            if self._live.broken:
+                raise AuditLogError(f"{self.path}: a rotation failed half-way; this audit writer cannot go on")
+            if self._sync_error is not None:
+                raise self._fsync_failed()
+            if self._pending is not None:
+                self._emit(self._pending)
+                self._pending = None
+            reason = self._rotation_due()
+            if reason is not None:
+                self._rotate(reason)
+            return self._emit(record)
+
+    def _emit(self, record: Mapping[str, Any]) -> EventDict:
+        state = self._chain.state
+        try:
+            self._logger.write(**record)
+        except BaseException:
+            self._chain.restore(state)
+            raise
+        written = self._written
+        seq = written["seq"]
+        if self._file_first_seq is None:
+            self._file_first_seq = seq
+            self._file_started = self._clock()
+        if record is not self._pending:
+            self._file_has_data = True
+        self._written_seq = seq
+        if self.fsync == "record":
+            with self._sync_lock:
+                self._durable_seq = seq
+        return written
+
+    def _rotation_due(self) -> str | None:
+        if not self._file_has_data:
+            return None
+        if self.rotate_bytes is not None and self._live.size >= self.rotate_bytes:
+            return "size"
+        if self.rotate_seconds is not None and self._clock() - (self._file_started or 0.0) >= self.rotate_seconds:
+            return "time"
+        return None
+
+    def _rotate(self, reason: str) -> None:
+        number = self._next_number
+        while rotated_name(self.path, number).exists():  # never overwrite a file that is in the way
+            number += 1
+        target = rotated_name(self.path, number)
+        durable = self.fsync != "none"
+        if durable:
+            self.flush()  # the rotated file is complete on disk before its successor names it
+        self._live.rotate(target, sync_directory=durable)
+        self._next_number = number + 1
+        first_seq = self._file_first_seq
+        self._file_first_seq = self._file_started = None
+        self._file_has_data = False
+        self._pending = _rotation_record(reason, target, number, first_seq, self._chain.next_seq - 1)
+        self._emit(self._pending)
+        self._pending = None
+
+    def flush(self) -> None:
+        """fsync everything written so far, whatever the mode; `durable_seq` follows.
+        Raises AuditLogError if the fsync fails (and every write after it does too)."""
+        with self._sync_lock:
+            if self._sync_error is not None:
+                raise self._fsync_failed()
+            seq = self._written_seq  # read first: every line up to it is already written
+            if seq is None or seq == self._durable_seq:
+                return
             try:
-                self._logger.write(**record)
-            except BaseException:
-                self._chain.restore(state)
-                raise
-            return self._written
+                self._live.sync()
+            except OSError as exc:
+                self._sync_error = exc
+                raise self._fsync_failed() from exc
+            self._durable_seq = seq
+
+    def _tick(self) -> None:
+        try:
+            self.flush()
+        except AuditLogError:
+            pass  # remembered in _sync_error: the next write refuses, and says why
+
+    def _fsync_failed(self) -> AuditLogError:
+        safe = "no record" if self._durable_seq is None else f"records up to seq {self._durable_seq}"
+        return AuditLogError(
+            f"{self.path}: fsync failed ({self._sync_error}); only {safe} are known to be on disk; "
+            "refusing to write more"
+        )
 
     @property
     def next_seq(self) -> int:
         return self._chain.next_seq
 
+    @property
+    def durable_seq(self) -> int | None:
+        """The seq of the last record known to be on disk (fsynced); None: none is known."""
+        return self._durable_seq
+
     def close(self) -> None:
+        """Stop the fsync thread, fsync in "batch" mode, close the file."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._sink.close()
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self._stop_ticker is not None:
+                self._stop_ticker()
+            if self.fsync == "batch":
+                self.flush()
+        finally:
+            self._live.close()
 
     def __enter__(self) -> AuditWriter:
         return self
@@ -278,8 +625,43 @@ class AuditWriter:
         self.close()
 
 
+def _check_options(rotate_bytes: Any, rotate_seconds: Any, fsync: Any, fsync_interval: Any) -> None:
+    def positive(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+    if rotate_bytes is not None and not (positive(rotate_bytes) and isinstance(rotate_bytes, int)):
+        raise ValueError(f"audit rotation size must be a positive whole number of bytes, not {rotate_bytes!r}")
+    if rotate_seconds is not None and not positive(rotate_seconds):
+        raise ValueError(f"audit rotation age must be a positive number of seconds, not {rotate_seconds!r}")
+    if fsync not in FSYNC_MODES:
+        raise ValueError(f"audit fsync mode must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
+    if not positive(fsync_interval):
+        raise ValueError(f"audit fsync interval must be a positive number of seconds, not {fsync_interval!r}")
+
+
+def _rotation_record(reason: str, previous: Path, number: int, first_seq: Any, last_seq: int) -> EventDict:
+    """The first record of a new live file: names the file before it, and its seq range,
+    so that verify can say which file went missing."""
+    return {
+        "event": ROTATION_EVENT,
+        "reason": reason,
+        "previous": {"file": previous.name, "number": number, "first_seq": first_seq, "last_seq": last_seq},
+    }
+
+
+def _first_record(path: Path) -> dict[str, Any] | None:
+    """The first record of a log file, if its first line is one (no checks: a hint)."""
+    with open(path, "rb") as file:
+        line = file.readline()
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _last_record(path: Path) -> dict[str, Any] | None:
-    """The last record of an existing log, checked enough to chain onto safely."""
+    """The last record of an existing log file, checked enough to chain onto safely."""
     with open(path, "rb") as file:
         size = file.seek(0, os.SEEK_END)
         if size == 0:

@@ -1,6 +1,6 @@
 """The admin API: a token on every route but /healthz, agents and their state, policy
 reload that keeps a running policy when the new one has mistakes, Prometheus metrics;
-and reload by SIGHUP."""
+reload by SIGHUP and by a change to the file; reload under load."""
 
 from __future__ import annotations
 
@@ -166,7 +166,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sighup_reloads_the_policy_file_and_keeps_the_old_one_on_mistakes(tmp_path: Path, upstream_server):
+@pytest.mark.parametrize("trigger", ["SIGHUP", "file change"])
+def test_a_signal_or_a_file_change_reloads_the_policy_and_a_broken_file_keeps_the_old_one(
+        tmp_path: Path, upstream_server, trigger: str):
     fake_upstream, upstream = upstream_server
     fake_upstream.reset()
     fake_upstream.add_reply("ok")
@@ -175,7 +177,8 @@ def test_sighup_reloads_the_policy_file_and_keeps_the_old_one_on_mistakes(tmp_pa
     port, admin_port = _free_port(), _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "firewall.cli", "run", "--policy", str(path), "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"openai={upstream.url}", "--admin-listen", f"127.0.0.1:{admin_port}"],
+         "--upstream", f"openai={upstream.url}", "--admin-listen", f"127.0.0.1:{admin_port}",
+         *(["--watch-policy"] if trigger == "file change" else [])],
         env={**os.environ, ADMIN_TOKEN_ENV: TOKEN}, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -191,7 +194,8 @@ def test_sighup_reloads_the_policy_file_and_keeps_the_old_one_on_mistakes(tmp_pa
 
         assert ask(Running, "mango") == "ok"
         path.write_text(POLICY.format(name="second", banned="mango"))
-        process.send_signal(signal.SIGHUP)
+        if trigger == "SIGHUP":
+            process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while call(f"http://127.0.0.1:{admin_port}/healthz", token=None)[1]["policy"] != "second":
             assert time.monotonic() < deadline, "SIGHUP did not reload"
@@ -199,8 +203,9 @@ def test_sighup_reloads_the_policy_file_and_keeps_the_old_one_on_mistakes(tmp_pa
         with pytest.raises(openai.PermissionDeniedError):
             ask(Running, "mango")
         path.write_text("version: 1\nname: broken\nrules: [{id: x}]\n")
-        process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        if trigger == "SIGHUP":
+            process.send_signal(signal.SIGHUP)
+        time.sleep(0.5 if trigger == "SIGHUP" else 2.5)  # the file is checked every second
         assert call(f"http://127.0.0.1:{admin_port}/healthz", token=None)[1]["policy"] == "second"
     finally:
         process.send_signal(signal.SIGTERM)
@@ -209,4 +214,53 @@ def test_sighup_reloads_the_policy_file_and_keeps_the_old_one_on_mistakes(tmp_pa
         except subprocess.TimeoutExpired:
             process.kill()
             _, stderr = process.communicate()
-    assert "SIGHUP: policy second" in stderr and "has mistakes; policy second" in stderr
+    assert "reload: policy second" in stderr and "has mistakes; policy second" in stderr
+
+
+def test_hot_reload_under_load_fails_no_request_and_mixes_no_policies(admin, fake):
+    running, url, path = admin
+    fake.add_reply("ok")
+    banned = {"first": "pineapple", "second": "mango"}
+    stop = threading.Event()
+    outcomes: list[tuple[str, int]] = []
+
+    def load() -> None:
+        agent = openai.OpenAI(base_url=running.openai_base, api_key="sk-x", max_retries=0,
+                              default_headers={"X-Agent-Id": "planner"})
+        words = ["pineapple", "mango", "kiwi"]
+        while not stop.is_set():
+            word = words[len(outcomes) % 3]
+            try:
+                agent.chat.completions.create(model="m", messages=[{"role": "user", "content": f"I like {word}"}])
+                outcomes.append((word, 200))
+            except openai.APIStatusError as error:
+                outcomes.append((word, error.status_code))
+
+    # (the agent's blocks must not quarantine it: this test is about reloads)
+    no_quarantine = "quarantine: {violations: 0}\n"
+    path.write_text(POLICY.format(name="first", banned=banned["first"]) + no_quarantine)
+    assert call(url + "/policy/reload", "POST")[0] == 200
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        for round_ in range(8):
+            name = "second" if round_ % 2 == 0 else "first"
+            path.write_text(POLICY.format(name=name, banned=banned[name]) + no_quarantine)
+            assert call(url + "/policy/reload", "POST")[0] == 200
+            path.write_text("version: 1\nname: broken\nrules: [{id: x}]\n")
+            assert call(url + "/policy/reload", "POST")[0] == 422  # the last good policy stays
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    assert len(outcomes) > 40
+    assert {status for _, status in outcomes} <= {200, 403}  # no request failed
+    # one client, one request at a time: the n-th request record is the n-th outcome. Each
+    # was decided by one whole policy: blocked exactly when the policy it names bans its word.
+    requests = [r for r in running.records() if r.get("direction") == "request" and "messages" in r]
+    assert len(requests) == len(outcomes)
+    for (word, status), record in zip(outcomes, requests, strict=True):
+        policy = record["policy"]["name"]
+        assert policy in banned
+        assert (record["action"] == "block") == (banned[policy] == word) == (status == 403)
+    assert {record["policy"]["name"] for record in requests} == {"first", "second"}
