@@ -123,6 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the edges as JSONL")
     report.set_defaults(run=_audit_edges)
 
+    stats = audit_commands.add_parser("stats", help="per agent: requests, answers, blocks and the rules that fired")
+    stats.add_argument("path", type=Path)
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(run=_audit_stats)
+    trace = audit_commands.add_parser("trace", help="one exchange, and the earlier answers whose words it carried")
+    trace.add_argument("path", type=Path)
+    trace.add_argument("exchange")
+    trace.add_argument("--json", action="store_true", help="print the records as JSONL, each with its step")
+    trace.set_defaults(run=_audit_trace)
+
     demo = commands.add_parser("demo", help="run a scripted multi-agent exchange through the firewall, offline")
     demo.add_argument("--audit-log", type=Path, default=Path("demo-audit.jsonl"))
     demo.set_defaults(run=_demo)
@@ -467,6 +477,42 @@ def _audit_edges(args: argparse.Namespace) -> int:
     for edge in found:
         print(f"{edge.source + ' -> ' + edge.agent:<32} {edge.requests:>8} {edge.blocked:>8} {edge.flagged:>8}  "
               f"{edge.first[:19]} / {edge.last[:19]}  (e.g. {edge.example})")
+    return EXIT_OK
+
+
+def _audit_stats(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from firewall.audit import read_records
+    from firewall.audit.report import stats
+
+    agents, rules = stats(read_records(args.path))
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps({"agents": [dataclasses.asdict(a) | {"block_rate": a.block_rate}
+                                                         for a in agents], "rules": rules}) + b"\n")
+        return EXIT_OK
+    print(f"{'agent':<24} {'requests':>8} {'answers':>8} {'blocked':>8} {'block rate':>10}  top rules")
+    for agent in agents:
+        top = ", ".join(f"{rule} {count}" for rule, count in sorted(agent.rules.items(), key=lambda i: -i[1])[:3])
+        print(f"{agent.agent:<24} {agent.requests:>8} {agent.responses:>8} {agent.blocked:>8} "
+              f"{agent.block_rate:>10.1%}  {top or '-'}")
+    print("\nrules: " + (", ".join(f"{rule} {count}" for rule, count in rules.items()) or "none fired"))
+    return EXIT_OK
+
+
+def _audit_trace(args: argparse.Namespace) -> int:
+    from firewall.audit import read_records
+    from firewall.audit.report import trace
+
+    found = trace(read_records(args.path), args.exchange)
+    if not found:
+        return _fail(f"no record of exchange {args.exchange} in {args.path}")
+    for step, record in found:
+        if args.json:
+            sys.stdout.buffer.write(orjson.dumps({"step": step, **record}) + b"\n")
+        else:
+            print(f"{'  ' * step}{'<- ' if step else ''}{_summary(record).strip()}")
+    sys.stdout.flush()
     return EXIT_OK
 
 

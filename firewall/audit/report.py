@@ -1,4 +1,6 @@
-"""Who exchanged what with whom, and how often: the AI-to-AI edges of an audit log.
+"""What a reviewer asks of an audit log: who exchanged what with whom and how often (the
+AI-to-AI edges), what each agent did (stats), and where an exchange's words came from
+(trace).
 
 An edge `source → agent` is an exchange whose request carried the source agent's words,
 declared (X-Agent-Source) or found by lineage. The report counts, per edge, the requests,
@@ -9,10 +11,10 @@ last seen; a reviewer reads it to see how content travelled between agents.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Edge", "edges"]
+__all__ = ["AgentStats", "Edge", "edges", "stats", "trace"]
 
 
 @dataclass(slots=True)
@@ -45,3 +47,72 @@ def edges(records: Iterable[dict[str, Any]]) -> list[Edge]:
         edge.first = min(edge.first, moment) if edge.first else moment
         edge.last = max(edge.last, moment)
     return sorted(found.values(), key=lambda e: (-e.requests, e.source, e.agent))
+
+
+@dataclass(slots=True)
+class AgentStats:
+    agent: str
+    requests: int = 0
+    responses: int = 0
+    blocked: int = 0  # exchanges of this agent (either direction) a rule or the guard blocked
+    rules: dict[str, int] = field(default_factory=dict)  # rule -> times it fired on this agent's exchanges
+
+    @property
+    def block_rate(self) -> float:
+        return self.blocked / max(1, self.requests)
+
+
+def stats(records: Iterable[dict[str, Any]]) -> tuple[list[AgentStats], dict[str, int]]:
+    """Per agent: requests, answers, blocks and the rules that fired; and every rule's
+    count. Busiest agents first, rules by count."""
+    agents: dict[str, AgentStats] = {}
+    rules: dict[str, int] = {}
+    for record in records:
+        direction = record.get("direction")
+        if direction not in ("request", "response"):
+            continue  # agent events (lineage, quarantine, drift) are counted by `edges` and `show`
+        agent = record.get("agent") or "-"
+        entry = agents.setdefault(agent, AgentStats(agent))
+        if direction == "request":
+            entry.requests += 1
+        else:
+            entry.responses += 1
+        entry.blocked += record.get("action") == "block"
+        for rule in _rule_ids(record):
+            entry.rules[rule] = entry.rules.get(rule, 0) + 1
+            rules[rule] = rules.get(rule, 0) + 1
+    ordered = sorted(agents.values(), key=lambda a: (-a.requests, a.agent))
+    return ordered, dict(sorted(rules.items(), key=lambda item: (-item[1], item[0])))
+
+
+def trace(records: Iterable[dict[str, Any]], exchange: str, depth: int = 8) -> list[tuple[int, dict[str, Any]]]:
+    """The records of `exchange`, then, for each lineage edge into it, the records of the
+    exchange whose answer it carried, and so on back (at most `depth` steps): who said
+    what first, and how it travelled. Each record comes with its step (0: `exchange`)."""
+    by_exchange: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_exchange.setdefault(str(record.get("exchange", "")), []).append(record)
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen: set[str] = set()
+    frontier = [exchange]
+    for step in range(depth + 1):
+        following: list[str] = []
+        for current in frontier:
+            if current in seen:
+                continue
+            seen.add(current)
+            for record in by_exchange.get(current, []):
+                out.append((step, record))
+                if record.get("event") == "lineage" and record.get("source_exchange"):
+                    following.append(str(record["source_exchange"]))
+        if not following:
+            break
+        frontier = following
+    return out
+
+
+def _rule_ids(record: dict[str, Any]) -> list[str]:
+    listed = record.get("rules")
+    if not isinstance(listed, list):
+        return []
+    return [item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), str)]
