@@ -108,6 +108,14 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--ttl", type=float, help="seconds (default: the policy's release_after)")
         command.set_defaults(run=_agents, verb=verb)
 
+    replay = commands.add_parser("replay", help="decide recorded exchanges again under another policy; "
+                                                "print what would change")
+    replay.add_argument("logs", nargs="+", type=Path, metavar="AUDIT")
+    replay.add_argument("--policy", required=True, type=Path, help="the policy to try")
+    replay.add_argument("--fail-on-change", action="store_true", help="exit 1 when any decision would change (CI)")
+    replay.add_argument("--json", action="store_true", help="print every change as JSONL")
+    replay.set_defaults(run=_replay)
+
     keys = commands.add_parser("keys", help="per-agent firewall keys")
     key_commands = keys.add_subparsers(title="keys commands", metavar="COMMAND")
     new = key_commands.add_parser("new", help="make a key for an agent: prints the key (give it to the agent) "
@@ -318,6 +326,38 @@ def _agent_line(item: dict[str, Any]) -> str:
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(item["since"])) if item.get("since") else "-"
     until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(item["until"])) if item.get("until") else "-"
     return f"{item['agent']:<24} {item['state']:<10} since {since} until {until}  {item.get('reason') or ''}"
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import dataclasses
+    import itertools
+
+    from firewall.audit import read_records
+    from firewall.audit.replay import replay
+
+    policy = _load(args.policy)
+    if policy is None:
+        return EXIT_FAILED
+    report = replay(itertools.chain.from_iterable(read_records(path) for path in args.logs), policy)
+    if args.json:
+        for change in report.changes:
+            sys.stdout.buffer.write(orjson.dumps(dataclasses.asdict(change)) + b"\n")
+    else:
+        print(f"replayed {report.replayed} exchanges under {policy.name} (sha256 {policy.sha256[:12]}): "
+              f"{len(report.changes)} would change")
+        for title, changes, after in (("newly blocked", report.newly_blocked, True),
+                                      ("newly allowed", report.newly_allowed, False),
+                                      ("other changes (tags, redactions, rules)", report.other, True)):
+            if not changes:
+                continue
+            print(f"{title}: {len(changes)}")
+            for rule, exchanges in report.by_rule(changes, after=after).items():
+                shown = ", ".join(exchanges[:3]) + (", …" if len(exchanges) > 3 else "")
+                print(f"  {rule}: {len(exchanges)}  (e.g. {shown})")
+        if report.unreplayable:
+            print(f"not replayable: {report.unreplayable} exchange records hold no messages "
+                  "(record with `audit: {messages: true}` in the policy)")
+    return EXIT_FAILED if args.fail_on_change and report.changes else EXIT_OK
 
 
 def _keys_new(args: argparse.Namespace) -> int:

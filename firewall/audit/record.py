@@ -44,7 +44,10 @@ def exchange_record(
     timings: dict[str, float],
     status: int | None = None,
     note: str | None = None,
+    messages: bool = False,
 ) -> dict[str, Any]:
+    """`messages`: keep each message's role and text as forwarded (the policy's
+    `audit.messages`), for replay."""
     record: dict[str, Any] = {
         "exchange": exchange.id,
         "direction": str(exchange.direction),
@@ -79,7 +82,23 @@ def exchange_record(
         record["status"] = status
     if note:
         record["note"] = note
+    if messages:
+        record["content"] = forwarded_messages(exchange, decision)
     return record
+
+
+def forwarded_messages(exchange: Exchange, decision: Decision) -> list[dict[str, Any]]:
+    """Each message's role, name and text as it was forwarded: a redacted part as
+    redacted, so that secrets reach the log no more than they reached the provider."""
+    rewritten = {rewrite.path: rewrite.text for rewrite in decision.rewrites}
+    out = []
+    for message in exchange.messages:
+        parts = [{"text": rewritten.get(part.path, part.text), "kind": str(part.kind)} for part in message.parts]
+        item: dict[str, Any] = {"role": message.role, "parts": parts}
+        if message.name:
+            item["name"] = message.name
+        out.append(item)
+    return out
 
 
 def _add_verdict(record: dict[str, Any], decision: Decision) -> None:

@@ -102,6 +102,15 @@ class ProtocolSpec(_Strict):
     mode: Mode = Mode.ENFORCE
 
 
+class AuditSpec(_Strict):
+    """What the audit log keeps of each exchange beyond the verdict."""
+
+    # Each message's role and text (as forwarded: redactions applied), so that `replay`
+    # can decide the exchange again under another policy. Off by default: the log then
+    # holds what agents said.
+    messages: bool = False
+
+
 class IdentitySpec(_Strict):
     """How the firewall tells agents apart, and what it does with a request it cannot
     attribute."""
@@ -284,6 +293,7 @@ class PolicySpec(_Strict):
     description: str | None = None
     defaults: Defaults = Defaults()
     identity: IdentitySpec = IdentitySpec()
+    audit: AuditSpec = AuditSpec()
     agents: dict[str, AgentSpec] = {}
     protocol: ProtocolSpec = ProtocolSpec()
     quarantine: QuarantineSpec = QuarantineSpec()

@@ -304,6 +304,7 @@ class Firewall:
             exchange, decision, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256,
             identified_by=call.identity.how if call.identity else None,
             timings={**call.timings, "elapsed": time.perf_counter() - call.started}, status=status,
+            messages=call.rt.policy.spec.audit.messages,
         ))
         return decision
 
