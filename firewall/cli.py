@@ -86,13 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     verify = audit_commands.add_parser("verify", help="check the hash chain of an audit log")
     verify.add_argument("path", type=Path)
     verify.set_defaults(run=_audit_verify)
-    show = audit_commands.add_parser("show", help="print audit records, filtered")
-    show.add_argument("path", type=Path)
-    show.add_argument("--agent")
-    show.add_argument("--action")
-    show.add_argument("--rule")
-    show.add_argument("--json", action="store_true", help="print the records as JSONL")
-    show.set_defaults(run=_audit_show)
+    for verb in ("show", "query"):
+        show = audit_commands.add_parser(verb, help="print audit records, filtered" + (" (as show)" if verb == "query" else ""))
+        show.add_argument("path", type=Path)
+        show.add_argument("--agent", help="the agent that spoke, whose words were carried, or who was spoken to")
+        show.add_argument("--action")
+        show.add_argument("--rule")
+        show.add_argument("--since", help="ISO 8601 UTC, e.g. 2026-11-28T10:00")
+        show.add_argument("--until", help="ISO 8601 UTC; records before it")
+        show.add_argument("--text", help="case-insensitive, in the messages kept, the answer released or the error")
+        show.add_argument("--json", action="store_true", help="print the records as JSONL")
+        show.set_defaults(run=_audit_show)
 
     agents = commands.add_parser("agents", help="agents and their state, through a running firewall's admin API")
     agents.add_argument("--admin", default="http://127.0.0.1:8081", help="the admin API's base URL")
@@ -140,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("exchange")
     trace.add_argument("--json", action="store_true", help="print the records as JSONL, each with its step")
     trace.set_defaults(run=_audit_trace)
+
+    drawing = audit_commands.add_parser("graph", help="agents and who passed words to whom: Graphviz DOT, SVG or PNG")
+    drawing.add_argument("path", type=Path)
+    drawing.add_argument("--format", choices=["dot", "svg", "png"], default="dot",
+                         help="dot (the default, text); svg and png need Graphviz's `dot` on PATH")
+    drawing.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+    drawing.set_defaults(run=_audit_graph)
 
     demo = commands.add_parser("demo", help="run a scripted multi-agent exchange through the firewall, offline")
     demo.add_argument("--audit-log", type=Path, default=Path("demo-audit.jsonl"))
@@ -489,7 +500,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _audit_show(args: argparse.Namespace) -> int:
     from firewall.audit import query, read_records
 
-    records = query(read_records(args.path), agent=args.agent, action=args.action, rule=args.rule)
+    records = query(read_records(args.path), agent=args.agent, action=args.action, rule=args.rule,
+                    since=args.since, until=args.until, text=args.text)
     for record in records:
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
@@ -553,6 +565,30 @@ def _audit_trace(args: argparse.Namespace) -> int:
         else:
             print(f"{'  ' * step}{'<- ' if step else ''}{_summary(record).strip()}")
     sys.stdout.flush()
+    return EXIT_OK
+
+
+def _audit_graph(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from firewall.audit import read_records
+    from firewall.audit.report import graph
+
+    dot = graph(read_records(args.path)).encode()
+    if args.format != "dot":
+        program = shutil.which("dot")
+        if program is None:
+            return _fail(f"--format {args.format} needs Graphviz's `dot` on PATH (apt-get install graphviz); "
+                         "--format dot writes the graph as text")
+        done = subprocess.run([program, f"-T{args.format}"], input=dot, capture_output=True, timeout=60, check=False)
+        if done.returncode != 0:
+            return _fail(f"dot failed: {done.stderr.decode('utf-8', 'replace').strip()}")
+        dot = done.stdout
+    if args.output is not None:
+        args.output.write_bytes(dot)
+    else:
+        sys.stdout.buffer.write(dot)
     return EXIT_OK
 
 

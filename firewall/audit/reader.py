@@ -44,26 +44,49 @@ def query(
     agent: str | None = None,
     action: str | None = None,
     rule: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    text: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The records that match every filter given.
 
-    agent: the record's `agent`, `source_agent` or `target_agent`.
+    agent: the record's `agent`, `source` or `target` (who spoke, whose words, to whom).
     action: the record's `action`.
     rule: the record's `rule`, an entry of its `rules` list, or the `rule` of one of
     its `findings` (the decision's blocking rule or any rule that fired).
+    since, until: ISO 8601 UTC times (`2026-11-28`, `2026-11-28T10:00`); `ts` at or
+    after `since`, before `until`.
+    text: case-insensitive, in what the record holds of the exchange: its messages (when
+    the policy keeps them), the answer released, an error.
     """
+    needle = text.casefold() if text else None
     for record in records:
-        if agent is not None and agent not in (
-            record.get("agent"),
-            record.get("source_agent"),
-            record.get("target_agent"),
-        ):
+        if agent is not None and agent not in (record.get("agent"), record.get("source"), record.get("target")):
             continue
         if action is not None and record.get("action") != action:
             continue
         if rule is not None and rule not in _rules_of(record):
             continue
+        moment = str(record.get("ts", ""))
+        if since is not None and moment < since:
+            continue
+        if until is not None and moment >= until:
+            continue
+        if needle is not None and needle not in _texts_of(record).casefold():
+            continue
         yield record
+
+
+def _texts_of(record: dict[str, Any]) -> str:
+    pieces: list[str] = []
+    for message in record.get("content") or ():
+        if isinstance(message, dict):
+            pieces.extend(str(part.get("text", "")) for part in message.get("parts", ()) if isinstance(part, dict))
+    response = record.get("response")
+    if isinstance(response, dict) and isinstance(response.get("text"), dict):
+        pieces.extend(str(value) for value in response["text"].values())
+    pieces.extend(str(record[key]) for key in ("error", "reason") if isinstance(record.get(key), str))
+    return "\n".join(pieces)
 
 
 def _rules_of(record: dict[str, Any]) -> set[str]:

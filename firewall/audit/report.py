@@ -1,6 +1,6 @@
 """What a reviewer asks of an audit log: who exchanged what with whom and how often (the
 AI-to-AI edges), what each agent did (stats), and where an exchange's words came from
-(trace).
+(trace), and a drawing of it all (graph).
 
 An edge `source → agent` is an exchange whose request carried the source agent's words,
 declared (X-Agent-Source) or found by lineage. The report counts, per edge, the requests,
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AgentStats", "Edge", "edges", "stats", "trace"]
+__all__ = ["AgentStats", "Edge", "edges", "graph", "stats", "trace"]
 
 
 @dataclass(slots=True)
@@ -116,3 +116,38 @@ def _rule_ids(record: dict[str, Any]) -> list[str]:
     if not isinstance(listed, list):
         return []
     return [item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+def graph(records: Iterable[dict[str, Any]]) -> str:
+    """The agents and who passed words to whom, as Graphviz DOT: an edge per source →
+    agent with its counts, red where something was blocked; an agent whose last state
+    in the log is quarantine drawn filled."""
+    records = list(records)
+    found = edges(records)
+    agents: set[str] = set()
+    state: dict[str, str] = {}
+    for record in records:
+        if record.get("agent"):
+            agents.add(str(record["agent"]))
+        if record.get("event") == "quarantine" and record.get("agent"):
+            state[str(record["agent"])] = str(record.get("to"))
+    for edge in found:
+        agents.update((edge.source, edge.agent))
+    lines = ["digraph agents {", "  rankdir=LR;", '  node [shape=box, style=rounded, fontname="Helvetica"];',
+             '  edge [fontname="Helvetica", fontsize=10];']
+    for agent in sorted(agents):
+        quarantined = state.get(agent) == "quarantine"
+        style = ', style="rounded,filled", fillcolor="#f4cccc"' if quarantined else ""
+        label = _dot(agent) + ("\\n(quarantined)" if quarantined else "")  # \n: a line break in DOT
+        lines.append(f'  "{_dot(agent)}" [label="{label}"{style}];')
+    for edge in found:
+        label = f"{edge.requests} req" + (f", {edge.blocked} blocked" if edge.blocked else "") + (
+            f", {edge.flagged} flagged" if edge.flagged else "")
+        colour = ', color="#cc0000", fontcolor="#cc0000"' if edge.blocked or edge.flagged else ""
+        lines.append(f'  "{_dot(edge.source)}" -> "{_dot(edge.agent)}" [label="{label}"{colour}];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _dot(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')

@@ -41,3 +41,30 @@ def test_stats_trace_and_edges_read_a_written_log(tmp_path: Path):
 
     edges = cli("edges", str(path)).stdout.splitlines()
     assert edges[1].split()[:6] == ["planner", "->", "researcher", "2", "1", "1"]
+
+
+def test_graph_draws_agents_and_edges_as_dot_and_svg(tmp_path: Path):
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(path)
+    for record in LOG:
+        writer.write(dict(record))
+    writer.close()
+
+    dot = cli("graph", str(path)).stdout
+    assert dot.startswith("digraph agents {") and dot.rstrip().endswith("}")
+    assert '"planner" -> "researcher" [label="2 req, 1 blocked, 1 flagged", color="#cc0000"' in dot
+    assert '"researcher" -> "executor" [label="1 req"];' in dot
+    assert '"planner" [label="planner\\n(quarantined)", style="rounded,filled"' in dot
+
+    svg = tmp_path / "agents.svg"
+    done = cli("graph", str(path), "--format", "svg", "-o", str(svg))  # .ci/run installs Graphviz
+    assert done.returncode == 0, done.stderr
+    assert b"<svg" in svg.read_bytes() and b"researcher" in svg.read_bytes()
+
+
+def test_graph_says_what_is_missing_without_graphviz(tmp_path: Path):
+    path = tmp_path / "audit.jsonl"
+    AuditWriter(path).close()
+    done = subprocess.run([sys.executable, "-m", "firewall.cli", "audit", "graph", str(path), "--format", "png"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": str(tmp_path)})
+    assert done.returncode == 2 and "needs Graphviz's `dot` on PATH" in done.stderr

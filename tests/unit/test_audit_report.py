@@ -65,3 +65,26 @@ def test_trace_follows_lineage_back_to_the_first_answer():
     looped = [lineage("a", "x", "y", "b"), lineage("b", "y", "x", "a")]
     assert [exchange for _, exchange in ((s, r["exchange"]) for s, r in trace(looped, "a"))] == ["a", "b"]
     assert len(trace(LOG, "e4", depth=0)) == 3
+
+
+def test_query_filters_by_who_when_and_what_was_said():
+    from firewall.audit import query
+
+    log = [
+        {"exchange": "a", "direction": "request", "agent": "executor", "source": "planner", "ts": "2026-11-28T09:59:59Z",
+         "content": [{"role": "user", "parts": [{"text": "Deploy the Canary build", "kind": "text"}]}]},
+        {"exchange": "b", "direction": "response", "agent": "planner", "ts": "2026-11-28T10:00:00Z",
+         "response": {"text": {"choices.0.message.content": "The canary is healthy."}}},
+        {"exchange": "c", "event": "upstream_error", "agent": "planner", "ts": "2026-11-28T11:00:00Z",
+         "error": "Canary upstream down"},
+        {"exchange": "d", "direction": "request", "agent": "researcher", "ts": "2026-11-28T12:00:00Z"},
+    ]
+
+    def ids(**filters) -> list[str]:
+        return [record["exchange"] for record in query(log, **filters)]
+
+    assert ids(agent="planner") == ["a", "b", "c"]  # as the speaker, and as the source of a's words
+    assert ids(since="2026-11-28T10:00") == ["b", "c", "d"]
+    assert ids(since="2026-11-28T10:00", until="2026-11-28T12:00") == ["b", "c"]
+    assert ids(text="CANARY") == ["a", "b", "c"]  # messages kept, answers released, errors
+    assert ids(text="canary", agent="executor") == ["a"]
