@@ -145,6 +145,12 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="print the records as JSONL, each with its step")
     trace.set_defaults(run=_audit_trace)
 
+    page = audit_commands.add_parser("report", help="one self-contained HTML file for a reviewer: decisions over "
+                                                    "time, violations per rule, drift, lineage, blocked exchanges")
+    page.add_argument("path", type=Path)
+    page.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
+    page.set_defaults(run=_audit_report)
+
     drawing = audit_commands.add_parser("graph", help="agents and who passed words to whom: Graphviz DOT, SVG or PNG")
     drawing.add_argument("path", type=Path)
     drawing.add_argument("--format", choices=["dot", "svg", "png"], default="dot",
@@ -565,6 +571,16 @@ def _audit_trace(args: argparse.Namespace) -> int:
         else:
             print(f"{'  ' * step}{'<- ' if step else ''}{_summary(record).strip()}")
     sys.stdout.flush()
+    return EXIT_OK
+
+
+def _audit_report(args: argparse.Namespace) -> int:
+    from firewall.audit import read_records
+    from firewall.audit.html import html_report
+
+    args.output.write_text(html_report(read_records(args.path), title=f"agent-firewall audit report: {args.path.name}"),
+                           encoding="utf-8")
+    print(f"wrote {args.output}")
     return EXIT_OK
 
 
