@@ -28,7 +28,8 @@ def html_report(records: Iterable[dict[str, Any]], title: str = "agent-firewall 
         _summary(records, exchanges),
         _section("Decisions over time, per agent", _timeline(exchanges), "timeline"),
         _section("Rules that fired (blocks, tags, redactions)", _bars(rules), "rules"),
-        _section("Drift alerts", _drift([r for r in records if r.get("event") == "drift"]), "drift"),
+        _section("Drift: each agent's detector scores over time, and the alerts",
+                 _curves(exchanges) + _drift([r for r in records if r.get("event") == "drift"]), "drift"),
         _section("Lineage: who passed words to whom", _graph(records), "lineage"),
         _section("Blocked exchanges", _blocked(records), "blocked"),
     ]
@@ -126,6 +127,37 @@ def _bars(counts: dict[str, int]) -> str:
                      f'<rect class="bar" x="{label_w}" y="{y}" width="{w:.1f}" height="{_BAR}" fill="{_PALETTE[i % 8]}"/>'
                      f'<text x="{label_w + w + 4:.1f}" y="{y + 13}">{count}</text>')
     return f'<svg id="rules-chart" width="{_WIDTH}" height="{len(counts) * (_BAR + 6)}" role="img">{"".join(parts)}</svg>'
+
+
+def _curves(exchanges: list[dict[str, Any]]) -> str:
+    """Per detector, a line per agent: the highest score of each exchange's new messages
+    (the `top` of its detector runs), in time order: what drift watches, drawn."""
+    series: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in sorted(exchanges, key=lambda r: str(r.get("ts", ""))):
+        for run in record.get("detectors") or ():
+            if isinstance(run, dict) and run.get("texts"):
+                series[str(run.get("detector"))][str(record.get("agent") or "-")].append(float(run.get("top", 0.0)))
+    if not series:
+        return '<p class="empty">No detector ran on the exchanges of this log.</p>'
+    charts = []
+    height, left = 120, 40
+    for detector, by_agent in sorted(series.items()):
+        longest = max(len(values) for values in by_agent.values())
+        step = (_WIDTH - left - 10) / max(1, longest - 1)
+        lines, legend = [], []
+        for i, (agent, values) in enumerate(sorted(by_agent.items())):
+            colour = _PALETTE[i % len(_PALETTE)]
+            points = " ".join(f"{left + j * step:.1f},{10 + (height - 20) * (1 - min(max(v, 0.0), 1.0)):.1f}"
+                              for j, v in enumerate(values))
+            lines.append(f'<polyline class="curve" points="{points}" fill="none" stroke="{colour}" stroke-width="1.5">'
+                         f"<title>{_e(agent)}: {len(values)} exchanges</title></polyline>")
+            legend.append(f'<tspan fill="{colour}">■ {_e(agent)}</tspan> ')
+        axis = (f'<text x="0" y="14">1.0</text><text x="0" y="{height - 6}">0.0</text>'
+                f'<line x1="{left}" y1="{height - 10}" x2="{_WIDTH}" y2="{height - 10}" stroke="#ccc"/>')
+        charts.append(f"<p><b>{_e(detector)}</b></p>"
+                      f'<svg class="curves" id="curve-{_e(detector)}" width="{_WIDTH}" height="{height + 16}" role="img">'
+                      f'{axis}{"".join(lines)}<text x="{left}" y="{height + 12}">{"".join(legend)}</text></svg>')
+    return "".join(charts)
 
 
 def _drift(alerts: list[dict[str, Any]]) -> str:

@@ -16,6 +16,12 @@ from firewall.audit import AuditWriter
 from tests.unit.test_audit_report import LOG
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# what the toxicity detector gave each exchange's new messages: the executor's scores climb
+SCORED = [{"exchange": f"s{i}", "direction": "request", "agent": agent, "action": "allow", "messages": 1, "rules": [],
+           "detectors": [{"detector": "toxicity", "texts": 1, "skipped": 0, "ms": 0.1, "top": top}],
+           "ts": f"2026-11-28T10:0{i}:30Z"}
+          for i, (agent, top) in enumerate([("executor", 0.02), ("planner", 0.03), ("executor", 0.4),
+                                            ("planner", 0.02), ("executor", 0.9)])]
 DRIFT = {"exchange": "e5", "event": "drift", "agent": "executor", "metric": "toxicity", "method": "cusum",
          "value": 0.9, "baseline": {"mean": 0.05, "std": 0.2}, "statistic": 7.2, "threshold": 5.0,
          "ts": "2026-11-28T10:05:00Z"}
@@ -31,7 +37,7 @@ def chromium() -> str:
 def test_the_report_loads_renders_its_charts_and_filters_blocked_exchanges(tmp_path: Path):
     log = tmp_path / "audit.jsonl"
     writer = AuditWriter(log)
-    for record in [*LOG, DRIFT]:
+    for record in [*LOG, *SCORED, DRIFT]:
         writer.write(dict(record))
     writer.close()
     page_path = tmp_path / "report.html"
@@ -57,6 +63,7 @@ def test_the_report_loads_renders_its_charts_and_filters_blocked_exchanges(tmp_p
             assert page.locator("#lineage-graph circle.agent").count() == 3
             assert page.locator("#lineage-graph line.edge").count() == 2
             assert page.locator("#drift-table tbody tr").count() == 1
+            assert page.locator("svg.curves polyline.curve").count() == 2  # toxicity: executor, planner
             box = page.locator("#timeline-chart").bounding_box()
             assert box is not None and box["width"] > 300 and box["height"] > 50
             # the search filters the blocked exchanges
