@@ -182,7 +182,6 @@ def _load(path: Path):  # type: ignore[no-untyped-def]
 
 def _run(args: argparse.Namespace) -> int:
     from firewall.audit import AuditWriter
-    from firewall.audit.record import agent_record
     from firewall.proxy import Firewall, ProxyConfig
     from firewall.proxy.admin import ADMIN_TOKEN_ENV, admin_app
     from firewall.proxy.config import DEFAULT_UPSTREAMS, parse_listen, parse_provider_key, parse_upstream
@@ -234,12 +233,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"agent-firewall: reload: {args.policy} has mistakes; policy {firewall.policy.name} "
                   f"(sha256 {firewall.policy.sha256[:12]}) keeps running", file=sys.stderr)
             return
-        old, new = firewall.reload(fresh)
-        firewall.record(agent_record("sighup_" + os.urandom(6).hex(), {
-            "event": "policy_reload", "from": {"name": old.name, "sha256": old.sha256},
-            "to": {"name": new.name, "sha256": new.sha256}, "by": "SIGHUP or file change"}, policy_name=new.name,
-            policy_sha256=new.sha256))
-        print(f"agent-firewall: reload: policy {new.name} (sha256 {new.sha256[:12]}) replaces {old.sha256[:12]}",
+        old = firewall.reload(fresh, by="SIGHUP or file change")
+        print(f"agent-firewall: reload: policy {fresh.name} (sha256 {fresh.sha256[:12]}) replaces {old.sha256[:12]}",
               file=sys.stderr)
 
     try:
@@ -610,10 +605,12 @@ def _audit_graph(args: argparse.Namespace) -> int:
 
 def _summary(record: dict) -> str:  # type: ignore[type-arg]
     """One line per record: when, who (source -> agent), which way, what happened, why."""
+    from firewall.audit.reader import rule_ids
+
     who = record.get("agent") or "-"
     if record.get("source"):
         who = f"{record['source']}->{who}"
-    rules = ",".join(rule["id"] for rule in record.get("rules", [])) or "-"
+    rules = ",".join(rule_ids(record)) or "-"
     if record.get("event"):
         detail = record["event"]
     elif "holdback_max_chars" in record:

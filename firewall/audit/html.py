@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from firewall.audit.reader import rule_ids
 from firewall.audit.report import edges, stats
 
 __all__ = ["html_report"]
@@ -207,7 +208,7 @@ def _blocked(records: list[dict[str, Any]]) -> str:
         return '<p class="empty">Nothing was blocked.</p>'
     rows = []
     for record in blocked:
-        rules = ", ".join(str(rule.get("id")) for rule in record.get("rules", []) if isinstance(rule, dict))
+        rules = ", ".join(rule_ids(record))
         who = str(record.get("agent") or "-")
         if record.get("source"):
             who = f"{record['source']} → {who}"

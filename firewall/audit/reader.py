@@ -89,15 +89,20 @@ def _texts_of(record: dict[str, Any]) -> str:
     return "\n".join(pieces)
 
 
+def rule_ids(record: dict[str, Any]) -> list[str]:
+    """The rules a record lists as fired, in its order (`rules`: entries with an `id`)."""
+    listed = record.get("rules")
+    if not isinstance(listed, list):
+        return []
+    return [item if isinstance(item, str) else item["id"] for item in listed
+            if isinstance(item, str) or (isinstance(item, dict) and isinstance(item.get("id"), str))]
+
+
 def _rules_of(record: dict[str, Any]) -> set[str]:
-    rules: set[str] = set()
+    rules: set[str] = set(rule_ids(record))
     for key in ("rule", "blocking_rule"):
         if isinstance(record.get(key), str):
             rules.add(record[key])
-    listed = record.get("rules")
-    if isinstance(listed, list):
-        rules.update(item for item in listed if isinstance(item, str))
-        rules.update(item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), str))
     findings = record.get("findings")
     if isinstance(findings, list):
         rules.update(

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from firewall.audit.reader import rule_ids
 from firewall.engine import Engine
 from firewall.model import Direction, Exchange, Message, Part, PartKind, Provenance
 from firewall.policy import Policy
@@ -75,7 +76,7 @@ def replay(records: Iterable[dict[str, Any]], policy: Policy) -> ReplayReport:
         decision = engine.inspect(exchange, remember=False)
         report.replayed += 1
         before = str(record.get("action"))
-        rules_before = tuple(rule["id"] for rule in record.get("rules", []) if isinstance(rule, dict) and "id" in rule)
+        rules_before = tuple(rule_ids(record))
         after, rules_after = str(decision.action), decision.rules
         if before != after or set(rules_before) != set(rules_after):
             report.changes.append(Change(str(record.get("exchange")), str(record.get("direction")), record.get("agent"),

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from firewall.audit.reader import rule_ids
+
 __all__ = ["AgentStats", "Edge", "edges", "graph", "stats", "trace"]
 
 
@@ -78,7 +80,7 @@ def stats(records: Iterable[dict[str, Any]]) -> tuple[list[AgentStats], dict[str
         else:
             entry.responses += 1
         entry.blocked += record.get("action") == "block"
-        for rule in _rule_ids(record):
+        for rule in rule_ids(record):
             entry.rules[rule] = entry.rules.get(rule, 0) + 1
             rules[rule] = rules.get(rule, 0) + 1
     ordered = sorted(agents.values(), key=lambda a: (-a.requests, a.agent))
@@ -109,13 +111,6 @@ def trace(records: Iterable[dict[str, Any]], exchange: str, depth: int = 8) -> l
             break
         frontier = following
     return out
-
-
-def _rule_ids(record: dict[str, Any]) -> list[str]:
-    listed = record.get("rules")
-    if not isinstance(listed, list):
-        return []
-    return [item["id"] for item in listed if isinstance(item, dict) and isinstance(item.get("id"), str)]
 
 
 def graph(records: Iterable[dict[str, Any]]) -> str:

@@ -103,11 +103,8 @@ def admin_app(firewall: Any, token: str) -> web.Application:
                       "; ".join(str(problem) for problem in error.problems))
             return _json({"reloaded": False, "policy": firewall.policy.name, "sha256": firewall.policy.sha256,
                           "problems": [str(problem) for problem in error.problems]}, 422)
-        old, new = firewall.reload(policy)
-        firewall.record(agent_record("admin_" + os.urandom(6).hex(), {
-            "event": "policy_reload", "from": {"name": old.name, "sha256": old.sha256},
-            "to": {"name": new.name, "sha256": new.sha256}, "by": "admin"}, policy_name=new.name, policy_sha256=new.sha256))
-        return _json({"reloaded": True, "policy": new.name, "sha256": new.sha256, "previous": old.sha256})
+        old = firewall.reload(policy, by="admin")
+        return _json({"reloaded": True, "policy": policy.name, "sha256": policy.sha256, "previous": old.sha256})
 
     async def metrics(_request: web.Request) -> web.Response:
         firewall.metrics.quarantined.set(sum(status.quarantined for status in await firewall.guard.agents()))

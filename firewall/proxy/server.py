@@ -144,17 +144,22 @@ class Firewall:
     def guard(self) -> AgentGuard:
         return self._runtime.guard
 
-    def reload(self, policy: Policy) -> tuple[Policy, Policy]:
+    def reload(self, policy: Policy, *, by: str) -> Policy:
         """Serve `policy` from the next request on; a request in flight finishes under the
-        policy it started with. The caller has validated `policy` (loading it does).
-        Returns (old, new) for the caller's record."""
+        policy it started with. The caller has validated `policy` (loading it does). The
+        swap is an audit record (`policy_reload`, saying what asked for it: `by`).
+        Returns the policy replaced."""
         old = self._runtime.policy
         runtime = _Runtime.build(policy, self.config, self.state)
         self._runtimes.append(runtime)
         self._runtime = runtime  # one assignment: requests take the runtime they start with
         log.info("policy reloaded: %s (sha256 %s) replaces %s (sha256 %s)", policy.name, policy.sha256[:12],
                  old.name, old.sha256[:12])
-        return old, policy
+        self._record(agent_record("reload_" + os.urandom(6).hex(), {
+            "event": "policy_reload", "from": {"name": old.name, "sha256": old.sha256},
+            "to": {"name": policy.name, "sha256": policy.sha256}, "by": by}, policy_name=policy.name,
+            policy_sha256=policy.sha256))
+        return old
 
     # -- the one handler ------------------------------------------------------------
 
@@ -250,9 +255,7 @@ class Firewall:
             call.admission = await call.rt.guard.admit(exchange)
         except StateUnavailable as error:
             return self._state_unavailable(call, wire, exchange, error)
-        self.metrics.learnt(call.admission.records)
-        for details in call.admission.records:
-            self._record(agent_record(call.id, details, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256))
+        self._learnt(call, call.admission.records)
         refusal = call.admission.refusal
         if refusal is None:
             return None
@@ -268,6 +271,10 @@ class Firewall:
         except StateUnavailable as error:
             log.error("agent state unavailable after exchange %s: %s", call.id, error)
             records = [{"event": "state_unavailable", "error": str(error), "action": "allow"}]
+        self._learnt(call, records)
+
+    def _learnt(self, call: _Call, records: list[dict[str, Any]]) -> None:
+        """What the guard learnt about agents: counted, and written to the audit log."""
         self.metrics.learnt(records)
         for details in records:
             self._record(agent_record(call.id, details, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256))

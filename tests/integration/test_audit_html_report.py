@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from firewall.audit import AuditWriter
+from tests.integration.test_audit_review_cli import written_log
 from tests.unit.test_audit_report import LOG
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -35,11 +35,7 @@ def chromium() -> str:
 
 
 def test_the_report_loads_renders_its_charts_and_filters_blocked_exchanges(tmp_path: Path):
-    log = tmp_path / "audit.jsonl"
-    writer = AuditWriter(log)
-    for record in [*LOG, *SCORED, DRIFT]:
-        writer.write(dict(record))
-    writer.close()
+    log = written_log(tmp_path / "audit.jsonl", [*LOG, *SCORED, DRIFT])
     page_path = tmp_path / "report.html"
     done = subprocess.run([sys.executable, "-m", "firewall.cli", "audit", "report", str(log), "-o", str(page_path)],
                           capture_output=True, text=True, timeout=60)

@@ -16,12 +16,17 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
-def test_stats_trace_and_edges_read_a_written_log(tmp_path: Path):
-    path = tmp_path / "audit.jsonl"
+def written_log(path: Path, records: list[dict]) -> Path:
+    """`records` through the real writer: hash-chained, stamped, as the proxy writes them."""
     writer = AuditWriter(path)
-    for record in LOG:
+    for record in records:
         writer.write(dict(record))
     writer.close()
+    return path
+
+
+def test_stats_trace_and_edges_read_a_written_log(tmp_path: Path):
+    path = written_log(tmp_path / "audit.jsonl", LOG)
 
     done = cli("stats", str(path))
     assert done.returncode == 0, done.stderr
@@ -44,11 +49,7 @@ def test_stats_trace_and_edges_read_a_written_log(tmp_path: Path):
 
 
 def test_graph_draws_agents_and_edges_as_dot_and_svg(tmp_path: Path):
-    path = tmp_path / "audit.jsonl"
-    writer = AuditWriter(path)
-    for record in LOG:
-        writer.write(dict(record))
-    writer.close()
+    path = written_log(tmp_path / "audit.jsonl", LOG)
 
     dot = cli("graph", str(path)).stdout
     assert dot.startswith("digraph agents {") and dot.rstrip().endswith("}")
