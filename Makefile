@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python benchmarks/detection/run.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_semantic.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_agents.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/lineage_recall.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) demo-audit.jsonl .pytest_cache

@@ -19,7 +19,7 @@ In process, no HTTP (the calls the proxy makes around its engine, timed on their
   message against the 10,000 records, and a 200-word one that quotes a recorded response.
 - Memory: VmRSS of a fresh process before and after recording 10,000 responses in the
   memory backend (60-200 words, and all of 150 words), with what the backend holds
-  (records, LSH buckets); and Redis's own `used_memory` for the 60-200-word responses.
+  (records, index buckets); and Redis's own `used_memory` for the 60-200-word responses.
 
 End to end (`--no-proxy` leaves it out): the proxy (its own process, pinned as in
 bench_proxy.py) in front of the fake upstream, concurrency 1, agent-like traffic, with the
@@ -75,7 +75,7 @@ from firewall.policy import Policy, compile_policy, parse_policy  # noqa: E402
 SECTION: Final = "## Agents: identity, lineage, state (issue 5)"
 AIM_MEMORY_MS: Final = 0.5
 AIM_REDIS_MS: Final = 2.0
-ESTIMATE_MB: Final = 510.0  # measured for 10,000 responses of 150 words when every bucket was a set
+EARLIER_MB: Final = 328.0  # measured for 10,000 responses of 150 words with the windowed MinHash index (80 buckets each)
 SEED: Final = 5
 DRIFT_METRIC: Final = "toxicity"
 TOOLS: Final = ("search", "read_file", "write_note")
@@ -84,7 +84,9 @@ MESSAGE_WORDS: Final = (12, 40)
 FIXED_WORDS: Final = 150  # the second memory measurement: every response this long
 _PRELOAD_CONCURRENCY: Final = 32  # records written at once: Redis round trips overlap, as with many clients
 _PROXY_PRELOAD_CONCURRENCY: Final = 8
+_BUSY_CONCURRENCY: Final = 32  # requests in flight in the busy rounds
 _CHILD_TIMEOUT: Final = 600.0
+_SETTLE: Final = 0.2  # seconds: the firewall finishes what it does after the last answer (lineage records)
 _CLOSE: Final = 0.05  # an in-process p50 this close to its aim (a share of it): the verdict says how thin the margin is
 
 
@@ -97,6 +99,7 @@ class Sizes:
     records: int = 10_000  # responses recorded before measuring
     warmup_rounds: int = 1  # untimed: every agent sends one request per round
     rounds: int = 20
+    busy_rounds: int = 10  # end to end, after the measured rounds: every agent at once, 32 requests in flight
     turns: int = 10  # requests in one conversation before the agent starts a new one
     quote_every: int = 5  # one new message in this many quotes a teammate's recorded response
     identity_calls: int = 20_000
@@ -105,12 +108,13 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(records=1_000, rounds=3, identity_calls=2_000, match_calls=10)
+        return cls(records=1_000, rounds=3, busy_rounds=3, identity_calls=2_000, match_calls=10)
 
     @classmethod
     def tiny(cls) -> Sizes:
         """For the test that proves the script runs: seconds, not minutes."""
-        return cls(agents=3, team=3, records=20, rounds=2, turns=3, quote_every=2, identity_calls=30, match_calls=3)
+        return cls(agents=3, team=3, records=20, rounds=2, busy_rounds=1, turns=3, quote_every=2, identity_calls=30,
+                   match_calls=3)
 
 
 # -- texts ----------------------------------------------------------------------------------
@@ -340,7 +344,7 @@ class Memory:
     rss_after_mib: float
     records: int
     record_bytes: int  # record keys and stored values (sys.getsizeof)
-    buckets: int  # LSH bucket sets
+    buckets: int  # index bucket sets
     bucket_members: int
     bucket_bytes: int  # bucket keys, their (set, expiry) tuples and the sets; the ids are shared strings
     table_bytes: int  # the backend's two dicts' own tables
@@ -364,6 +368,10 @@ class ProxyRun:
     mean_ms: float
     errors: int
     edges: int  # answers with X-Firewall-Source-Agent: the request carried another agent's words
+    cpu_ms: float = math.nan  # the firewall process's CPU time (user + system) per measured request
+    busy_requests: int = 0  # then every agent at once, 32 requests in flight
+    busy_cpu_ms: float = math.nan  # the firewall's CPU time per request in those
+    busy_rps: float = math.nan  # requests/s the load generator saw in those
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +469,7 @@ async def _traffic(guard: AgentGuard, texts: Texts, sizes: Sizes, corpus: Sequen
             await guard.after_request(exchange, asked, admission)
             if admission.refusal is None:
                 await guard.after_response(exchange, answered, response, admission)
+                await guard.settle()  # what the proxy does once the answer is out: counted here
             finished = time.perf_counter()
             traffic.answered(index, response)
             if identity.agent != exchange.agent:
@@ -689,7 +698,7 @@ async def _proxy_load(args: argparse.Namespace) -> dict[str, Any]:
     sizes = Sizes(**{**json.loads(args.sizes), "match_words": ()})
     latencies: list[float] = []
     errors = edges = 0
-    connector = aiohttp.TCPConnector(limit=_PROXY_PRELOAD_CONCURRENCY)
+    connector = aiohttp.TCPConnector(limit=max(_PROXY_PRELOAD_CONCURRENCY, _BUSY_CONCURRENCY))
     async with aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",)) as session:
 
         async def send(traffic: _ProxyTraffic, index: int) -> tuple[float, int, bool]:
@@ -709,16 +718,48 @@ async def _proxy_load(args: argparse.Namespace) -> dict[str, Any]:
                                           for j in range(min(_PROXY_PRELOAD_CONCURRENCY, args.preload - first))))
             errors += sum(status != 200 for _, status, _ in done)
         traffic = _ProxyTraffic(sizes, SEED + 11, args.preload, preload.answers, history=True)
+        cpu_started = math.nan
         for round_ in range(sizes.warmup_rounds + sizes.rounds):
+            if round_ == sizes.warmup_rounds:
+                await asyncio.sleep(_SETTLE)
+                cpu_started = _cpu_seconds(args.firewall_pid)
             for index in range(sizes.agents):
                 elapsed, status, carried = await send(traffic, index)
                 errors += status != 200
                 if round_ >= sizes.warmup_rounds:
                     latencies.append(1000 * elapsed)
                     edges += carried
+        await asyncio.sleep(_SETTLE)
+        cpu_ms = 1000 * (_cpu_seconds(args.firewall_pid) - cpu_started) / max(1, len(latencies))
+
+        # Busy: the same conversations go on, every agent at once, 32 requests in flight,
+        # so that the firewall's CPU per request is measured with its caches warm.
+        in_flight = asyncio.Semaphore(_BUSY_CONCURRENCY)
+
+        async def busy(index: int) -> tuple[float, int, bool]:
+            async with in_flight:
+                return await send(traffic, index)
+
+        busy_started, busy_cpu = time.perf_counter(), _cpu_seconds(args.firewall_pid)
+        for _ in range(sizes.busy_rounds):
+            done = await asyncio.gather(*(busy(index) for index in range(sizes.agents)))
+            errors += sum(status != 200 for _, status, _ in done)
+        busy_seconds = time.perf_counter() - busy_started
+        await asyncio.sleep(_SETTLE)
+        busy_requests = sizes.busy_rounds * sizes.agents
+        busy_cpu_ms = 1000 * (_cpu_seconds(args.firewall_pid) - busy_cpu) / max(1, busy_requests)
     stat = Stat.of(latencies)
     return asdict(ProxyRun(config="", preloaded=args.preload, requests=stat.n, p50_ms=stat.p50, p99_ms=stat.p99,
-                           mean_ms=stat.mean, errors=errors, edges=edges))
+                           mean_ms=stat.mean, errors=errors, edges=edges, cpu_ms=cpu_ms, busy_requests=busy_requests,
+                           busy_cpu_ms=busy_cpu_ms, busy_rps=busy_requests / busy_seconds))
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (NaN without one), from /proc."""
+    if pid is None:
+        return math.nan
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
 def _loadgen_main(argv: Sequence[str]) -> None:
@@ -727,6 +768,7 @@ def _loadgen_main(argv: Sequence[str]) -> None:
     parser.add_argument("--sizes", required=True)
     parser.add_argument("--preload", type=int, required=True)
     parser.add_argument("--anonymous", action="store_true")
+    parser.add_argument("--firewall-pid", type=int, help="read this process's CPU time around the measured rounds")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -741,17 +783,17 @@ def _reply_script(sizes: Sizes) -> list[dict[str, Any]]:
     The upstream tries its rules in order, so the measured replies come first: a measured
     request finds its reply after at most (warm-up + measured) rules, not after 10,000."""
     texts = Texts(SEED + 12)
-    measured = (sizes.warmup_rounds + sizes.rounds) * sizes.agents
+    measured = (sizes.warmup_rounds + sizes.rounds + sizes.busy_rounds) * sizes.agents
     order = [*range(sizes.records, sizes.records + measured), *range(sizes.records)]
     return [{"when": f"[r{n:06d}]", "text": texts.response(), "times": 1} for n in order]
 
 
 @contextmanager
 def _proxy(children: Any, layout: bench_proxy.Layout, tmp: Path, tag: str, policy: Path, script: Path,
-           state: str | None) -> Iterator[int]:
+           state: str | None) -> Iterator[tuple[int, int]]:
     """The scripted fake upstream and the firewall in front of it, pinned as in
     bench_proxy.py (which starts neither with a script nor a provider key); yields the
-    firewall's port."""
+    firewall's port and process id."""
     upstream_port = bench_proxy._free_port()
     upstream_log = tmp / f"{tag}-upstream.log"
     upstream = children.start([sys.executable, "-m", "firewall.testing.fake_upstream", "--listen",
@@ -769,7 +811,7 @@ def _proxy(children: Any, layout: bench_proxy.Layout, tmp: Path, tag: str, polic
             argv += ["--state", state]
         firewall = children.start(argv, layout.tested_cpu, firewall_log)
         bench_proxy._wait_ready(firewall, port, "the firewall", firewall_log)
-        yield port
+        yield port, firewall.pid
     finally:
         if firewall is not None:
             children.stop(firewall)
@@ -798,9 +840,9 @@ def measure_proxy(sizes: Sizes, tmp: Path, fresh_redis: Callable[[], str] | None
         for number, (config, policy, anonymous, state) in enumerate(configs):
             _log(f"end to end: {config} ...")
             tag = f"proxy{number}"
-            with _proxy(children, layout, tmp, tag, policy, script, state()) as port:
+            with _proxy(children, layout, tmp, tag, policy, script, state()) as (port, pid):
                 arguments = ["--url", f"http://127.0.0.1:{port}/v1/chat/completions", "--sizes",
-                             json.dumps(asdict(sizes)), "--preload", str(sizes.records)]
+                             json.dumps(asdict(sizes)), "--preload", str(sizes.records), "--firewall-pid", str(pid)]
                 result = bench_proxy.run_loadgen(children, layout, tmp, tag, Path(__file__).resolve(),
                                                  arguments + (["--anonymous"] if anonymous else []), _CHILD_TIMEOUT)
             run = ProxyRun(**{**result, "config": config})
@@ -843,7 +885,10 @@ def aims(report: Report) -> list[str]:
         wire = proxy.get(backend)
         if wire is not None and base is not None:
             added = wire.p50_ms - base.p50_ms
-            line += f". Through the proxy it adds {added:.3f} ms at p50 ({'within' if added < aim else 'over'} the aim)"
+            cpu, busy = wire.cpu_ms - base.cpu_ms, wire.busy_cpu_ms - base.busy_cpu_ms
+            line += (f". Through the proxy it adds {added:.3f} ms at p50 ({'within' if added < aim else 'over'} the "
+                     f"aim), and {cpu:.3f} ms of the firewall's CPU per request at concurrency 1, {busy:.3f} ms with "
+                     f"{_BUSY_CONCURRENCY} in flight ({'within' if busy < aim else 'over'} the aim)")
             if added > run.total.p50:
                 line += ("; what the proxy does for agents around these calls (an audit record per lineage edge found, "
                          "the key swap, the source-agent header) is not in the in-process figure")
@@ -917,7 +962,7 @@ def _memory_lines(report: Report) -> list[str]:
     lines = ["Resident memory of the memory backend: not measured."] if not report.memory else [
         "Resident memory of the memory backend, each case in a fresh process: VmRSS before and after recording "
         "the responses (gc collected both times), and what the backend holds by `sys.getsizeof`: *records* (keys and "
-        "stored JSON, with the shingle sample), *buckets* (the LSH index: per bucket key, its key, its expiry and "
+        "stored JSON, with the shingle sample), *buckets* (the index: per bucket key, its key, its expiry and "
         "the record id, itself when the bucket holds one record (a string shared with the record's other buckets), "
         "a set when it holds more).",
         "",
@@ -941,22 +986,22 @@ def _memory_lines(report: Report) -> list[str]:
 
 
 def _memory_verdict(mem: Memory) -> str:
-    """Confirm or correct the lineage helper's estimate, from the 150-word measurement."""
+    """What 10,000 responses of 150 words take, and what dominates, beside the earlier index's figure."""
     mb = mem.delta_mib * (1 << 20) / 1e6 * 10_000 / max(1, mem.records)
     share = mem.bucket_bytes / max(1, mem.held_bytes)
-    dominant = "the LSH buckets" if mem.bucket_bytes > mem.record_bytes else "the records"
+    dominant = "the index buckets" if mem.bucket_bytes > mem.record_bytes else "the records"
     return (f"10,000 responses of {FIXED_WORDS} words take {mb:.0f} MB "
             f"({mem.delta_mib * 10_000 / max(1, mem.records):.0f} MiB) of resident memory in the memory backend "
-            f"(~{ESTIMATE_MB:.0f} MB before a bucket of one record was held as the record id itself rather than a "
-            f"set). {dominant[0].upper() + dominant[1:]} dominate: "
+            f"({EARLIER_MB:.0f} MB with the windowed MinHash index this one replaced, 80 buckets per response). "
+            f"{dominant[0].upper() + dominant[1:]} dominate: "
             f"{share:.0%} of what the backend holds, {mem.buckets / max(1, mem.records):.0f} buckets per response "
-            f"(one per band of each indexed window), each a key of its own with its expiry and (almost always) one "
+            f"(one per sampled shingle), each a key of its own with its expiry and (almost always) one "
             f"shared record id, about {mem.bucket_bytes / max(1, mem.buckets):.0f} bytes apiece before allocator "
             f"overhead; the records with their "
             f"shingle samples are {mem.record_bytes / max(1, mem.records) / 1024:.1f} KiB per response. "
             f"`sys.getsizeof` accounts for {mem.held_bytes / (1 << 20):.0f} of the {mem.delta_mib:.0f} MiB of growth; "
             "the rest is the allocator's overhead and what fingerprinting left behind (freed, not returned). Memory "
-            "grows with the windows a response indexes, not with its text.")
+            "grows with the distinct shingles of a response: one in `lineage.sample` is a bucket.")
 
 
 def _proxy_lines(report: Report) -> list[str]:
@@ -973,17 +1018,28 @@ def _proxy_lines(report: Report) -> list[str]:
         "time, the fake upstream answering each request with a different 60-200-word reply from its script), then "
         f"{s.warmup_rounds} untimed round and {s.rounds} rounds of one request per agent, conversations as above "
         "(one new message in five quoting a teammate's recorded answer). *edges*: answers that came back with "
-        "`X-Firewall-Source-Agent`.",
+        "`X-Firewall-Source-Agent`. *CPU ms*: the firewall process's CPU time (user + system, from /proc) over the "
+        "measured rounds, divided by their requests: the work per request wherever it runs, including what the "
+        "firewall does after an answer is out (with memory state, fingerprinting the answer for lineage waits until "
+        "then; with Redis it is done before the answer is released, so another replica cannot miss it). At "
+        "concurrency 1 the firewall sleeps between requests and starts each one with cold caches; *busy* is the same "
+        f"traffic going on for {s.busy_rounds} more rounds with every agent at once, {_BUSY_CONCURRENCY} requests in "
+        "flight: CPU per request there is what a loaded firewall spends (*req/s*: what the load generator, on the "
+        "other CPU, got through).",
         "",
-        "| configuration | recorded first | requests | p50 ms | p99 ms | mean ms | added p50 ms | added p99 ms | edges |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | recorded first | requests | p50 ms | p99 ms | mean ms | added p50 ms | added p99 ms | edges "
+        "| CPU ms per request | added CPU ms | busy: CPU ms per request | added | req/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for run in report.proxy:
         added50 = "" if run is base else f"{run.p50_ms - base.p50_ms:+.3f}"
         added99 = "" if run is base else f"{run.p99_ms - base.p99_ms:+.3f}"
+        added_cpu = "" if run is base else f"{run.cpu_ms - base.cpu_ms:+.3f}"
+        added_busy = "" if run is base else f"{run.busy_cpu_ms - base.busy_cpu_ms:+.3f}"
         preloaded = f"{run.preloaded:,}" if run is not base else "–"
         lines.append(f"| {run.config} | {preloaded} | {run.requests:,} | {run.p50_ms:.3f} | {run.p99_ms:.3f} "
-                     f"| {run.mean_ms:.3f} | {added50} | {added99} | {run.edges:,} |")
+                     f"| {run.mean_ms:.3f} | {added50} | {added99} | {run.edges:,} | {_ms(run.cpu_ms)} | {added_cpu} "
+                     f"| {_ms(run.busy_cpu_ms)} | {added_busy} | {run.busy_rps:,.0f} |")
     return lines
 
 

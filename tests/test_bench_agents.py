@@ -91,3 +91,36 @@ def test_the_memory_footprint_is_measured_in_fresh_processes_and_explained() -> 
     section = bench_agents.render(replace(report, memory=[mixed, fixed]))
     assert f"| {TINY.records} | {bench_agents.FIXED_WORDS} |" in section
     assert re.search(r"10,000 responses of 150 words take \d+ MB \(\d+ MiB\) of resident memory", section)
+
+
+def test_the_end_to_end_part_measures_latency_and_cpu_through_the_proxy(tmp_path: Path) -> None:
+    runs = bench_agents.measure_proxy(TINY, tmp_path, None)
+    base, agents = runs
+    assert (base.config, agents.config) == ("pass-through, anonymous", "agents, memory state")
+    for run in runs:
+        assert run.errors == 0
+        assert run.requests == TINY.agents * TINY.rounds
+        assert run.busy_requests == TINY.agents * TINY.busy_rounds
+        assert 0 < run.p50_ms <= run.p99_ms
+        # A handful of requests may take less than one clock tick of CPU (/proc counts in ticks): read, not NaN.
+        assert math.isfinite(run.cpu_ms) and math.isfinite(run.busy_cpu_ms) and run.busy_rps > 0
+    # Requests name no agent without keys: no edges; with them, the quoted teammates are found.
+    assert base.edges == 0 and agents.edges > 0
+    report = replace(bench_agents.measure(TINY, redis_url=None, redis_note="no redis in this test"), proxy=runs)
+    section = bench_agents.render(report)
+    assert "| busy: CPU ms per request | added | req/s |" in section
+    assert re.search(r"Through the proxy it adds -?[\d.]+ ms at p50 \((within|over) the aim\), and -?[\d.]+ ms of the "
+                     r"firewall's CPU per request at concurrency 1, -?[\d.]+ ms with 32 in flight", section)
+
+
+def test_the_lineage_recall_benchmark_writes_its_section(tmp_path: Path) -> None:
+    import lineage_recall
+
+    results_md = tmp_path / "RESULTS.md"
+    assert lineage_recall.main(["--placements", "4", "--write", str(results_md)]) == 0
+    section = results_md.read_text()
+    assert lineage_recall.SECTION in section
+    rows = re.findall(r"^\| (\d+) words \| (.+?) \| ([\d.]+)% \|$", section, re.M)
+    assert [(int(words), change) for words, change, _ in rows][:2] == [(60, "verbatim"), (60, "3 words changed or inserted")]
+    assert len(rows) == len(lineage_recall.CASES)
+    assert all(0 <= float(share) <= 100 for _, _, share in rows)

@@ -122,13 +122,14 @@ class DriftStats:
         return math.sqrt(self.m2 / (self.baseline_n - 1)) if self.baseline_n > 1 else 0.0
 
     def to_json(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        # Not dataclasses.asdict: it deep-copies, and this runs twice per exchange.
+        return orjson.dumps({name: getattr(self, name) for name in _STATS_FIELDS})
 
     @classmethod
     def from_json(cls, data: bytes) -> DriftStats:
         """Parse what `to_json` wrote; a ValueError for anything else."""
         raw = orjson.loads(data)
-        names = [field.name for field in dataclasses.fields(cls)]
+        names = _STATS_FIELDS
         if not isinstance(raw, dict) or sorted(raw) != sorted(names):
             raise ValueError(f"drift stats must be an object with exactly the keys {', '.join(names)}")
         for name in ("n", "baseline_n"):
@@ -145,6 +146,9 @@ class DriftStats:
             if raw[name] is not None:
                 raw[name] = float(raw[name])  # JSON may spell 0.0 as 0
         return cls(**raw)
+
+
+_STATS_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(DriftStats))
 
 
 def _check_count(raw: dict[str, Any], name: str) -> None:
@@ -228,12 +232,19 @@ def drift_key(agent: str, metric: str) -> str:
     return f"drift:{agent}:{metric}"
 
 
+_WRITTEN_LIMIT = 65_536  # (agent, metric) pairs whose last write is remembered
+
+
 class DriftMonitor:
     """Feeds each inspected exchange's scores into its agent's drift statistics."""
 
     def __init__(self, state: StateBackend, spec: DriftSpec) -> None:
         self.state = state
         self.spec = spec
+        # key -> (the bytes this monitor last wrote there, what they say). A process-local
+        # state hands back the very object written, so it need not be parsed again; any
+        # other value (another replica wrote since, or a network backend) is parsed.
+        self._written: dict[str, tuple[bytes, DriftStats]] = {}
 
     async def observe(self, agent: str, scores: Mapping[str, float], violated: bool,
                       measured: Collection[str] | None = None) -> list[DriftAlert]:
@@ -253,9 +264,15 @@ class DriftMonitor:
             # Read, update, write: two replicas observing the same agent at once may drop
             # one sample. A baseline of dozens of samples tolerates that; a lock or a
             # server-side script per observation would cost more than it protects.
-            stats = self._parse(key, await self.state.get(key))
+            data = await self.state.get(key)
+            written = self._written.get(key)
+            stats = written[1] if written is not None and written[0] is data else self._parse(key, data)
             stats, alert = update(stats, value, self.spec, metric=metric)
-            await self.state.set(key, stats.to_json())
+            payload = stats.to_json()
+            await self.state.set(key, payload)
+            if len(self._written) >= _WRITTEN_LIMIT:
+                self._written.clear()
+            self._written[key] = (payload, stats)
             if alert is not None:
                 alerts.append(alert)
         return alerts

@@ -62,7 +62,7 @@ class AgentGuard:
         self.lineage = LineageIndex(state, spec.lineage) if spec.lineage.enabled else None
         self.drift = DriftMonitor(state, spec.drift) if spec.drift is not None else None
         self._clock = clock
-        self._matches: OrderedDict[str, tuple[LineageMatch, ...]] = OrderedDict()
+        self._matches: OrderedDict[tuple[str, str], tuple[LineageMatch, ...]] = OrderedDict()
 
     # -- before the engine -------------------------------------------------------------
 
@@ -215,7 +215,7 @@ class AgentGuard:
         Matches found for a message do not change; what changes (a source quarantined)
         is read each time."""
         assert self.lineage is not None
-        key = f"{agent}\0{text}"
+        key = (agent, text)  # not one joined string: a text's hash is computed once, and kept by the str
         found = self._matches.get(key)
         if found is not None:
             self._matches.move_to_end(key)
@@ -265,7 +265,12 @@ class AgentGuard:
         flagged = decision.action is Action.BLOCK or bool(decision.tags) or _intended_block(decision)
         if self.lineage is not None and text:
             provenance = admission.provenance
-            await self.lineage.record(
+            # Fingerprinting an answer is most of what lineage costs. On a state only this
+            # process reads it waits until the answer is out (`settle`); any lookup first
+            # records what waits, so no later request can miss it. On a shared state
+            # another replica could look first: recorded now, before the answer is out.
+            record = self.lineage.record if self.state.shared else self._defer
+            await record(
                 agent, request.id, text, flagged=flagged,
                 tainted=flagged or bool(provenance and provenance.tainted),
                 hops=provenance.hops if provenance else 0,
@@ -277,6 +282,20 @@ class AgentGuard:
             records += await self._violation(agent, decision.blocking_rule or "policy", decision.reason or "")
         records += await self._observe(agent, decision)
         return records
+
+    async def _defer(self, agent: str, exchange_id: str, text: str, **details: Any) -> None:
+        assert self.lineage is not None
+        self.lineage.defer(agent, exchange_id, text, **details)
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether work deferred until after an answer is waiting (see `settle`)."""
+        return self.lineage is not None and self.lineage.deferred > 0
+
+    async def settle(self) -> None:
+        """Do what `after_response` left for after the answer was sent."""
+        if self.lineage is not None:
+            await self.lineage.flush()
 
     async def _violation(self, agent: str, rule: str, reason: str) -> list[dict[str, Any]]:
         transition = await self.quarantine.violation(agent, f"{rule}{': ' + reason if reason else ''}", by=rule)

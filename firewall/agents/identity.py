@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firewall.agents.keys import KeyRing, UnknownKey, presented_key
-from firewall.policy.schema import AgentSpec, IdentitySpec
+from firewall.policy.schema import AgentMatch, AgentSpec, IdentitySpec
 
 AGENT_PATH_PREFIX = "/agents/"
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
@@ -57,9 +57,12 @@ class IdentityResolver:
     target_header: str = "X-Agent-Target"
     spec: IdentitySpec = IdentitySpec()
     keys: KeyRing = field(init=False)
+    _matchers: tuple[tuple[str, AgentMatch], ...] = field(init=False, repr=False)  # the agents with a `match:`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", KeyRing.from_agents({name: agent.keys for name, agent in self.agents.items()}))
+        object.__setattr__(self, "_matchers", tuple((name, agent.match) for name, agent in self.agents.items()
+                                                    if agent.match is not None))
 
     def resolve(self, path: str, headers: Mapping[str, str]) -> Identity:
         """Who sent the request, from its path and headers (the body is read later: see
@@ -98,10 +101,7 @@ class IdentityResolver:
         if path.startswith(AGENT_PATH_PREFIX):
             name, _, tail = path[len(AGENT_PATH_PREFIX):].partition("/")
             agent, how, rest = _valid(name, "path"), "path", "/" + tail
-        for name, spec in self.agents.items():
-            match = spec.match
-            if match is None:
-                continue
+        for name, match in self._matchers:
             if match.path_prefix and path.startswith(match.path_prefix):
                 agent, how, rest = name, "policy", "/" + path[len(match.path_prefix):].lstrip("/")
                 break

@@ -4,9 +4,11 @@ firewall, not the agent, holds the provider's key.
 An agent sets its SDK's API key to its firewall key (`afw_…`); the SDK sends it as
 `Authorization: Bearer afw_…` (OpenAI) or `x-api-key: afw_…` (Anthropic). The policy
 stores only each key's SHA-256 (`sha256:<hex>`), so a leaked policy file leaks no key.
-A presented key is hashed and compared with every stored hash in constant time, all of
-them every time, so neither which agent matched nor how much of a hash matched shows in
-the time taken.
+A presented key is hashed, and the hash is looked up by its HMAC under a secret drawn when
+the policy is loaded: how long the lookup takes depends on that HMAC, which no requester
+can predict, so neither which agent matched nor how close a guess came shows in the time
+taken, and the cost does not grow with the number of agents (comparing with every stored
+hash in constant time did the same in time linear in the keys).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from firewall.policy.schema import KEY_HASH_PATTERN
 
@@ -60,6 +62,11 @@ class KeyRing:
     """The agents' key hashes, as the policy declares them."""
 
     hashes: tuple[tuple[bytes, str], ...]  # (digest, agent)
+    _secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False, compare=False)
+    _agents: dict[bytes, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_agents", {self._tag(digest): agent for digest, agent in self.hashes})
 
     @classmethod
     def from_agents(cls, keys_by_agent: Mapping[str, list[str]]) -> KeyRing:
@@ -75,14 +82,12 @@ class KeyRing:
     def __bool__(self) -> bool:
         return bool(self.hashes)
 
+    def _tag(self, digest: bytes) -> bytes:
+        return hmac.digest(self._secret, digest, "sha256")
+
     def agent_for(self, key: str) -> str:
         """The agent holding `key`; `UnknownKey` when none does."""
-        digest = hashlib.sha256(key.encode("utf-8")).digest()
-        found: str | None = None
-        for stored, agent in self.hashes:
-            # Every hash is compared, and the result kept without branching out early.
-            if hmac.compare_digest(digest, stored):
-                found = agent
+        found = self._agents.get(self._tag(hashlib.sha256(key.encode("utf-8")).digest()))
         if found is None:
             raise UnknownKey("the firewall key presented is not one of this policy's agent keys")
         return found

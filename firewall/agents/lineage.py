@@ -9,69 +9,57 @@ the `source.*` and `hops` that rules see.
 What a fingerprint is made of:
 
 - Words. The text is normalised as for detection (`firewall.normalize`: NFKC, invisibles,
-  accents, confusables, spaced letters, leetspeak), split into runs of letters and digits,
-  and each word casefolded. Each word keeps its span, mapped back through the
-  normalisation, so spans are reported in the characters the sender wrote.
-- Shingles: every run of `shingle` consecutive words. A word is hashed with blake2b (8
-  bytes, cached: a conversation resends the same words every turn), and a shingle's hash
-  mixes its words' hashes in order (a fixed 64-bit multiply-add and the splitmix64
-  finaliser, vectorised), so neither depends on Python's salted `hash()`.
-- MinHash over windows. Whole-text MinHash estimates the Jaccard similarity of two texts,
-  but the case that matters is containment: agent B's request (its history plus a new
-  message) is far longer than the response of A that it quotes, so their Jaccard is small
-  even when B carries all of A. So each text is cut into windows of `window` shingles
-  every `stride` shingles (defaults 32 and 16: a window spans 35 words) and each window
-  gets its own MinHash signature: `permutations` universal hashes `(a*x + b) mod p` with p
-  the Mersenne prime 2^31 - 1 and a, b derived from blake2b of fixed labels, so every
-  process and every replica computes the same values. A quoted response and the request
-  windows that cover it now have comparable sizes, and so a high Jaccard.
-- LSH bands. A window's signature is cut into `bands` bands of `permutations // bands`
-  rows; each band hashes to a bucket key `lineage:band:<band>:<hex>`. Two windows of
-  Jaccard s share at least one bucket with probability 1 - (1 - s^rows)^bands. The
-  defaults, 16 bands of 2 rows (32 permutations), give 0.78 at s = 0.3, 0.99 at s = 0.5
-  and 0.999 at s = 0.6. Rows of 4 (64 permutations), the usual choice for whole-text
-  similarity, give 0.89 at s = 0.6 but 0.34 at s = 0.4: too low for the diluted windows a
-  short or reworded quote leaves. The cost of 2 rows is more false candidates (a window
-  pair of Jaccard 0.1 shares a bucket 15% of the time); verification rejects them, the
-  candidate cap bounds them, and on 1,000 Python docstrings they were 13 records read per
-  query against 8 with rows of 4, for the same number of bucket keys.
+  accents, confusables, spaced letters, leetspeak) and split into runs of letters and
+  digits; each word is casefolded and hashed with blake2b (8 bytes, remembered: a
+  conversation resends the same words every turn), so no hash depends on Python's salted
+  `hash()` and every process and replica computes the same values.
+- Shingles: every run of `shingle` consecutive words (4 by default), hashed by mixing its
+  words' hashes in order (a fixed 64-bit multiply-add, vectorised). Spans are found again
+  from shingle positions when a match reports them.
 
-Recording a response stores its record (`lineage:rec:<agent>:<exchange_id>`, with its
-shingle set, at most `max_shingles_stored` of the smallest hashes: a uniform sample) and
-adds the record id to the bucket of every band of its windows (`index_add`), all for
-`ttl` seconds. A response indexes only the windows that do not overlap (every `window`
-shingles, and the last): a request's windows, `stride` apart, still come within
-`stride // 2` shingles of one of them, and in the simulation below recall did not change
-while a 150-word response needed 80 buckets instead of 128.
+The index. A recorded response is stored whole (`lineage:rec:<agent>:<exchange_id>`, with
+its shingle set: at most `max_shingles_stored` of the smallest hashes, a uniform sample),
+and one shingle in `sample` (3 by default) is a bucket key: those whose hash is 0 modulo
+`sample`. The choice depends on the shingle alone, not on the words around it, so a quote
+of a response, wherever it sits in a longer request and whatever surrounds it, holds the
+same sampled shingles as the response over the words it shares with it: the request's
+own sampled shingles find every response it quotes, with no alignment to get right. A
+quote of n shingles holds none of the sampled ones with probability
+(1 - 1/sample)^n: 2.6% for a 12-word quote, 0.03% for 20 words. Each changed word removes
+the `shingle` shingles that contain it, and with them the sampled ones among them.
 
-Matching a request fingerprints it the same way, reads the buckets of all its windows'
-band keys in one `index_members` call, ranks the records found by how many buckets they
+Recording a response stores its record and adds its id to the bucket of each of its
+sampled shingles (`index_add`), all for `ttl` seconds: a 150-word response touches about
+50 buckets. A bucket that would hold more than `bucket_limit` records holds only the
+state's `COMMON` mark from then on (until it expires): its shingle is a stock phrase ("let
+me know if you"), which says nothing about whose words these are, and reading it on every
+lookup would cost more with every record. An agent could make a shingle common on purpose
+by repeating it `bucket_limit` times; it then hides only that shingle, and containment is
+still measured over all the others.
+
+Matching a request fingerprints it the same way, reads the buckets of its sampled
+shingles in one `index_members` call, ranks the records found by how many buckets they
 share with the request (an agent's own records are left out: an agent repeating itself is
 not an edge; copies of one text recorded by many agents take turns with other texts), and
-reads at most `candidates` of them: one `get` each. Each candidate is then verified
-exactly: the shared shingles between the request and the record's stored set;
-containment = shared / stored. A match needs containment >= `min_similarity` and at least
-`min_shared_shingles` shared. The work is bounded by the request's length and
-`candidates`, never by how many records there are.
+reads at most `candidates` of them. Each candidate is then verified exactly: the shared
+shingles between the request and the record's stored set; containment = shared / stored.
+A match needs containment >= `min_similarity` and at least `min_shared_shingles` shared.
+The work is bounded by the request's length and `candidates`, never by how many records
+there are.
 
-Why this finds what it should. Windows start at fixed positions, so a quote never lines up
-exactly with the windows of its recorded response; but the request's windows are 16
-shingles apart, so one of them starts within 8 shingles of each recorded window over the
-quote (Jaccard >= 0.6 when both lie inside it), and overlapping windows give further
-chances. Changed
-words only lower the number of shared shingles (an edit removes at most `shingle` of
-them), so a lightly reworded quote still verifies. In a simulation (300 random placements
-in up to 600 words of other text, each case), a recorded response was found:
+How well it finds what it should: `benchmarks/lineage_recall.py` records a response among
+others, hides it (verbatim, or with words changed or inserted) at a random place in up to
+600 words of other text, and counts how often `match` names it; 300 placements a case.
+With the defaults, and (in brackets) with the windowed MinHash index this one replaced,
+which also cost about twice as much per record:
 
-    60 words verbatim, or with 3 or 5 words changed or inserted    100%
-    30 words with 2 words changed or inserted                      99%
-    20 words verbatim, with 1 word changed                         100%, 98%
-    12 words verbatim                                              82%
+    60 words verbatim, with 3 or 5 words changed or inserted    100%, 100%, 100%  (100%, 100%, 99.7%)
+    30 words with 2 words changed or inserted                    100%              (99.7%)
+    20 words verbatim, with 1 word changed or inserted           100%, 99.7%       (100%, 97.7%)
+    12 words verbatim                                            97.7%             (86.0%)
 
-(rows of 4: 99.3% and 92% for 60 words with 3 and 5 edits, 63% for 30 words with 2, 79%
-and 41% for 20 words, 19% for 12). Short responses are the weak case: their one window is
-diluted by the request's other words. A request that quotes a small part of a long
-response does not match at all: containment is measured against the whole response.
+A request that quotes a small part of a long response does not match: containment is
+measured against the whole response.
 """
 
 from __future__ import annotations
@@ -83,23 +71,25 @@ import hashlib
 import itertools
 import re
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from firewall.agents.state import StateBackend, StateUnavailable
+from firewall.agents.state import COMMON, StateBackend, StateUnavailable
 from firewall.normalize import Normalized, normalize
 
 __all__ = ["Fingerprint", "LineageIndex", "LineageMatch", "LineageRecord", "LineageSpec", "fingerprint", "record_id"]
 
 _RECORD = "lineage:rec:"
-_BAND = "lineage:band:"
+_BUCKET = "lineage:sh:"
 _FORMAT = 1  # the layout of a stored record
+# Settings of the windowed MinHash index this one replaced: a clear error, not "extra input".
+_REMOVED = ("permutations", "bands", "window", "stride")
 
 
 class LineageSpec(BaseModel):
@@ -109,10 +99,8 @@ class LineageSpec(BaseModel):
 
     enabled: bool = True
     shingle: int = Field(4, ge=1, le=16)  # words per shingle
-    permutations: int = Field(32, ge=1, le=1024)  # 16 bands of 2 rows: see the module doc
-    bands: int = Field(16, ge=1)
-    window: int = Field(32, ge=1)  # shingles per indexed window
-    stride: int = Field(16, ge=1)  # shingles from one window's start to the next
+    sample: int = Field(3, ge=1, le=64)  # one shingle in `sample` is a bucket key: see the module doc
+    bucket_limit: int = Field(64, ge=1)  # records a bucket holds before its shingle counts as a stock phrase
     min_similarity: float = Field(0.3, gt=0, le=1)  # containment: shared / the record's shingles
     min_shared_shingles: int = Field(3, ge=1)
     ttl: float = Field(86400, gt=0)  # seconds a response is remembered
@@ -120,92 +108,71 @@ class LineageSpec(BaseModel):
     max_shingles_stored: int = Field(4096, ge=1)
     candidates: int = Field(16, ge=1)  # records read and verified per match, the most bucket hits first
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_removed(cls, data: Any) -> Any:
+        removed = [name for name in _REMOVED if isinstance(data, dict) and name in data]
+        if removed:
+            raise ValueError(f"lineage.{', lineage.'.join(removed)}: no longer settings: the index samples shingles "
+                             "instead of banding MinHash signatures; remove them (lineage.sample sets how many "
+                             "shingles are indexed)")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> LineageSpec:
-        if self.permutations % self.bands:
-            raise ValueError(f"lineage.permutations ({self.permutations}) must be a multiple of lineage.bands "
-                             f"({self.bands}): each band takes permutations // bands rows of the signature")
-        if self.window % self.stride:
-            raise ValueError(f"lineage.window ({self.window}) must be a multiple of lineage.stride ({self.stride})")
         if self.min_words < self.shingle:
             raise ValueError(f"lineage.min_words ({self.min_words}) must be at least lineage.shingle ({self.shingle}): "
                              "a fingerprint needs one whole shingle")
         return self
 
-    @property
-    def rows(self) -> int:
-        return self.permutations // self.bands
-
 
 # --- hashing ----------------------------------------------------------------------------
 
-_PRIME = (1 << 31) - 1
-_P = np.uint64(_PRIME)
-_SHIFT31 = np.uint64(31)
-_TO_31_BITS = np.uint64(33)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-# Shingles hashed at once: the (permutations x shingles) array stays small enough to be
-# reused by the allocator and to sit in cache (a fresh large array costs more than the arithmetic).
-_CHUNK = 512
 
 
 def _blake2b64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-@lru_cache(maxsize=1 << 16)
-def _word_hash(word: str) -> int:
-    return _blake2b64(word.casefold().encode())
-
-
-@lru_cache(maxsize=8)
-def _universal(permutations: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed (a, b) of each permutation: the i-th pair never depends on how many
-    there are, nor on numpy's random generators (whose streams may change between
-    versions: replicas sharing a Redis must agree)."""
-    a = [1 + _blake2b64(f"afw-lineage:a:{i}".encode()) % (_PRIME - 1) for i in range(permutations)]
-    b = [_blake2b64(f"afw-lineage:b:{i}".encode()) % _PRIME for i in range(permutations)]
-    return np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)
-
-
-def _avalanche(h: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: every input bit reaches every output bit."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
-def _combine(columns: np.ndarray) -> np.ndarray:
-    """Hash each row of `columns` (..., n) uint64 to one uint64, order-sensitive."""
-    h = columns[..., 0].copy()
-    for j in range(1, columns.shape[-1]):
-        h = h * _MIX + columns[..., j]
-    return _avalanche(h)
-
-
-def _mod_prime(v: np.ndarray) -> np.ndarray:
-    """v mod 2^31 - 1 for v < 2^63, in place, with masks and shifts (numpy's % is
-    several times slower)."""
-    low = v & _P
-    v >>= _SHIFT31
-    v += low  # < 2^32 + 1
-    np.bitwise_and(v, _P, out=low)
-    v >>= _SHIFT31
-    v += low  # <= 2^31 + 1
-    np.subtract(v, _P, out=v, where=v >= _P)
-    return v
+def _shingles(word_hashes: np.ndarray, size: int) -> np.ndarray:
+    """The hash of every run of `size` consecutive words: w0*M^(size-1) + ... + w(size-1),
+    modulo 2^64, computed in place over shifted views. The words' hashes are blake2b's, so
+    their order-sensitive sum is spread over all 64 bits already: no finaliser is needed
+    for sampling by the hash or for intersecting sets of them."""
+    count = len(word_hashes) - size + 1
+    h = word_hashes[:count].copy()
+    for j in range(1, size):
+        h *= _MIX
+        h += word_hashes[j:j + count]
+    return h
 
 
 # --- words ------------------------------------------------------------------------------
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# Runs of characters for which str.isalnum() holds: \w is exactly those and "_" (the
+# tests check every code point).
+_WORD = re.compile(r"[^\W_]+")
 _ASCII_WORD_CHAR = np.array([chr(c).isalnum() for c in range(128)] + [False], dtype=bool)
+_WORD_CACHE = 1 << 16
+
+
+class _WordHashes(dict[str, int]):
+    """word -> its 64-bit hash. A conversation resends the same words every turn, so most
+    lookups hit; a plain dict with __missing__ is read at C speed by map()."""
+
+    def __missing__(self, word: str) -> int:
+        if len(self) >= _WORD_CACHE:
+            self.clear()  # bounded; refilling costs one blake2b per word
+        value = self[word] = _blake2b64(word.casefold().encode())
+        return value
+
+
+_word_hashes = _WordHashes()
 
 
 def _word_runs(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """[start, end) of each run of letters and digits in `text`."""
+    """[start, end) of each run of letters and digits in `text` (the words `_WORD` finds)."""
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     is_word = _ASCII_WORD_CHAR[np.minimum(codes, 128)]
     if not text.isascii():
@@ -221,38 +188,20 @@ def _word_runs(text: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True, eq=False, slots=True)
 class Fingerprint:
-    """The shingles of one text and the MinHash signature of each of its windows.
+    """The shingles of one text.
 
     `shingles[i]` is the hash of the shingle that starts at word i; `spans` maps shingle
     positions back to the original text.
     """
 
     shingles: np.ndarray  # (n,) uint64, in text order
-    signatures: np.ndarray  # (windows, permutations) uint64: one MinHash signature per window
-    bands: int
     shingle: int  # words per shingle
     normalized: Normalized = field(repr=False)
-    word_starts: np.ndarray = field(repr=False)  # offsets of each word in `normalized.text`
-    word_ends: np.ndarray = field(repr=False)
 
-    @property
-    def signature(self) -> np.ndarray:
-        """The MinHash signature of the whole text (the minimum over its windows)."""
-        return self.signatures.min(axis=0)
-
-    def band_keys(self, every: int = 1) -> list[str]:
-        """The LSH bucket keys of every band of every `every`-th window and the last,
-        without repeats."""
-        signatures = self.signatures
-        if every > 1 and len(signatures) > 1:
-            signatures = signatures[sorted({*range(0, len(signatures), every), len(signatures) - 1})]
-        windows, permutations = signatures.shape
-        rows = permutations // self.bands
-        hashes = _combine(signatures.reshape(windows, self.bands, rows))
-        digits = hashes.astype(">u8").tobytes().hex()
-        prefixes = [f"{_BAND}{band}:" for band in range(self.bands)]
-        keys = [prefixes[i % self.bands] + digits[16 * i:16 * i + 16] for i in range(hashes.size)]
-        return list(dict.fromkeys(keys))
+    def bucket_keys(self, sample: int) -> list[str]:
+        """The index's bucket keys for this text: one per distinct shingle whose hash is 0
+        modulo `sample`."""
+        return _bucket_keys(np.unique(self.shingles), sample)
 
     def spans(self, positions: np.ndarray | Sequence[int] | None = None) -> list[tuple[int, int]]:
         """The merged [start, end) spans, in the original text, of the shingles at
@@ -265,11 +214,20 @@ class Fingerprint:
             index = np.flatnonzero(positions) if positions.dtype == bool else np.unique(positions)
         if not len(index):
             return []
+        # Word offsets only now: most fingerprints never report a span.
+        word_starts, word_ends = _word_runs(self.normalized.text)
         first = index[np.r_[True, index[1:] > index[:-1] + self.shingle]]
         last = index[np.r_[index[1:] > index[:-1] + self.shingle, True]]
-        starts = self.word_starts[first].tolist()
-        ends = self.word_ends[last + self.shingle - 1].tolist()
+        starts = word_starts[first].tolist()
+        ends = word_ends[last + self.shingle - 1].tolist()
         return [self.normalized.to_original(start, end) for start, end in zip(starts, ends)]
+
+
+def _bucket_keys(distinct: np.ndarray, sample: int) -> list[str]:
+    """The bucket keys of `distinct` shingle hashes (no repeats) that are 0 modulo `sample`."""
+    chosen = distinct[distinct % np.uint64(sample) == 0] if sample > 1 else distinct
+    digits = chosen.astype(">u8").tobytes().hex()
+    return [_BUCKET + digits[i:i + 16] for i in range(0, len(digits), 16)]
 
 
 def fingerprint(text: str, spec: LineageSpec) -> Fingerprint | None:
@@ -278,45 +236,12 @@ def fingerprint(text: str, spec: LineageSpec) -> Fingerprint | None:
 
 
 def _fingerprint(text: str, spec: LineageSpec, min_words: int) -> Fingerprint | None:
-    if not text.isascii() and _SURROGATE.search(text):
-        # A lone surrogate (JSON allows "\ud800") cannot be encoded: normalisation would
-        # fail on it. One character for one keeps every offset.
-        text = _SURROGATE.sub("\ufffd", text)
     normalized = normalize(text, max_depth=0)
-    starts, ends = _word_runs(normalized.text)
-    if len(starts) < max(min_words, spec.shingle):
+    words = _WORD.findall(normalized.text)
+    if len(words) < max(min_words, spec.shingle):
         return None
-    clean = normalized.text
-    words = [clean[start:end] for start, end in zip(starts.tolist(), ends.tolist())]
-    word_hashes = np.fromiter(map(_word_hash, words), dtype=np.uint64, count=len(words))
-    count = len(words) - spec.shingle + 1
-    shingles = _combine(np.stack([word_hashes[j:j + count] for j in range(spec.shingle)], axis=-1))
-    signatures = _window_signatures(shingles, spec)
-    return Fingerprint(shingles, signatures, spec.bands, spec.shingle, normalized, starts, ends)
-
-
-def _window_signatures(shingles: np.ndarray, spec: LineageSpec) -> np.ndarray:
-    """MinHash of each window: the minimum per permutation over its blocks of `stride`
-    shingles (a window is `window // stride` consecutive blocks; the last block may be
-    short, and a text shorter than a window is one window)."""
-    a, b = _universal(spec.permutations)
-    a, b = a[:, None], b[:, None]
-    x = (shingles >> _TO_31_BITS)[None, :]  # 31 bits, so that a*x + b < 2^63
-    chunk = spec.stride * max(1, _CHUNK // spec.stride)
-    blocks = []
-    for start in range(0, x.shape[1], chunk):
-        values = np.multiply(a, x[:, start:start + chunk])  # (permutations, shingles)
-        values += b
-        _mod_prime(values)
-        blocks.append(np.minimum.reduceat(values, np.arange(0, values.shape[1], spec.stride), axis=1))
-    block_minima = np.concatenate(blocks, axis=1).T
-    per_window = spec.window // spec.stride
-    if len(block_minima) <= per_window:
-        return block_minima.min(axis=0, keepdims=True)
-    windows = block_minima[:len(block_minima) - per_window + 1].copy()
-    for j in range(1, per_window):
-        np.minimum(windows, block_minima[j:j + len(windows)], out=windows)
-    return windows
+    word_hashes = np.fromiter(map(_word_hashes.__getitem__, words), dtype=np.uint64, count=len(words))
+    return Fingerprint(_shingles(word_hashes, spec.shingle), spec.shingle, normalized)
 
 
 # --- records ----------------------------------------------------------------------------
@@ -339,8 +264,10 @@ class LineageRecord:
     def id(self) -> str:
         return record_id(self.agent, self.exchange_id)
 
-    def to_json(self) -> bytes:
-        packed = np.asarray(self.shingles, dtype="<u8").tobytes()
+    def to_json(self, packed: bytes | None = None) -> bytes:
+        """`packed`: the shingles as little-endian uint64 bytes, when the caller has them."""
+        if packed is None:
+            packed = np.asarray(self.shingles, dtype="<u8").tobytes()
         return orjson.dumps({
             "format": _FORMAT, "agent": self.agent, "exchange_id": self.exchange_id, "flagged": self.flagged,
             "tainted": self.tainted, "hops": self.hops, "path": list(self.path), "created": self.created,
@@ -415,6 +342,24 @@ class LineageMatch:
 # --- the index --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    """A response waiting to be recorded (see `LineageIndex.defer`)."""
+
+    agent: str
+    exchange_id: str
+    text: str
+    flagged: bool
+    tainted: bool
+    hops: int
+    path: tuple[str, ...] | None
+
+
+# Per state backend, not per index: a reloaded policy builds a new index, and it must
+# record what the one before it queued before it looks anything up.
+_QUEUES: weakref.WeakKeyDictionary[StateBackend, list[_Deferred]] = weakref.WeakKeyDictionary()
+
+
 class LineageIndex:
     """Records responses and finds them again in other agents' requests, in a state
     backend shared by every firewall process that uses it."""
@@ -425,6 +370,37 @@ class LineageIndex:
         self._clock = clock
         # A request can hold a whole response in as few words as make min_shared_shingles.
         self._query_min_words = spec.shingle + spec.min_shared_shingles - 1
+        self._deferred = _QUEUES.setdefault(state, [])
+
+    def defer(self, agent: str, exchange_id: str, text: str, *, flagged: bool = False, tainted: bool = False,
+              hops: int = 0, path: tuple[str, ...] | None = None) -> None:
+        """`record`, later: by `flush`, and in any case before the next `match` on this
+        state backend in this process. So an answer can be released before it is
+        fingerprinted, and still no request this process sees afterwards can miss it. Only
+        for a state that this process alone reads (`state.shared` False): another process
+        would look before the record exists."""
+        if self.state.shared:
+            raise ValueError(f"lineage records cannot be deferred on a shared state backend ({self.state.name}): "
+                             "another process could look them up before they are written")
+        record_id(agent, exchange_id)  # a bad id is the caller's error now, not the flush's
+        self._deferred.append(_Deferred(agent, exchange_id, text, flagged, tainted, hops, path))
+
+    @property
+    def deferred(self) -> int:
+        """Responses waiting to be recorded."""
+        return len(self._deferred)
+
+    async def flush(self) -> None:
+        """Record every deferred response, oldest first."""
+        queue = self._deferred
+        while queue:
+            item = queue[0]
+            try:
+                await self.record(item.agent, item.exchange_id, item.text, flagged=item.flagged,
+                                  tainted=item.tainted, hops=item.hops, path=item.path)
+            finally:  # off the queue once written (or failed: one bad record must not block the rest)
+                if queue and queue[0] is item:
+                    queue.pop(0)
 
     async def record(self, agent: str, exchange_id: str, text: str, *, flagged: bool = False, tainted: bool = False,
                      hops: int = 0, path: tuple[str, ...] | None = None) -> LineageRecord | None:
@@ -434,25 +410,29 @@ class LineageIndex:
         found = fingerprint(text, self.spec)
         if found is None:
             return None
-        stored = np.unique(found.shingles)[:self.spec.max_shingles_stored]
+        distinct = np.unique(found.shingles)
+        stored = distinct[:self.spec.max_shingles_stored]
         record = LineageRecord(agent, exchange_id, flagged, tainted, hops, (agent,) if path is None else tuple(path),
                                self._clock(), tuple(stored.tolist()))
         # The record before its buckets: a reader that finds the id finds the record.
-        await self.state.set(_RECORD + member, record.to_json(), ttl=self.spec.ttl)
-        await self.state.index_add(found.band_keys(every=self.spec.window // self.spec.stride), member, ttl=self.spec.ttl)
+        await self.state.set(_RECORD + member, record.to_json(stored.astype("<u8").tobytes()), ttl=self.spec.ttl)
+        await self.state.index_add(_bucket_keys(distinct, self.spec.sample), member, ttl=self.spec.ttl,
+                                   limit=self.spec.bucket_limit)
         return record
 
     async def match(self, agent: str, text: str) -> list[LineageMatch]:
         """Other agents' recorded responses that `text` carries, the most contained first,
         each at most once."""
+        if self._deferred:
+            await self.flush()
         spec = self.spec
         found = _fingerprint(text, spec, self._query_min_words)
         if found is None:
             return []
-        buckets = await self.state.index_members(found.band_keys())
+        query = np.unique(found.shingles)
+        buckets = await self.state.index_members(_bucket_keys(query, spec.sample))
         candidates = _candidates(buckets, agent, spec.candidates)
         values = await self.state.get_many([_RECORD + member for member in candidates])
-        query = np.unique(found.shingles)
         matches: list[LineageMatch] = []
         for member, value in zip(candidates, values):
             if value is None:
@@ -475,6 +455,8 @@ class LineageIndex:
         quarantined); it keeps its expiry. The updated record, or None when it is gone.
         Two marks of one record at the same moment can lose one of the changes: the
         backend offers no compare-and-set."""
+        if self._deferred:
+            await self.flush()
         key = _RECORD + record_id
         value = await self.state.get(key)
         if value is None:
@@ -497,6 +479,8 @@ def _candidates(buckets: dict[str, set[str]], agent: str, limit: int) -> list[st
     rest."""
     hit: dict[str, list[str]] = {}
     for key, members in buckets.items():
+        if COMMON in members:
+            continue  # a stock phrase: see the module doc
         for member in members:
             if _agent_of(member) != agent:
                 hit.setdefault(member, []).append(key)

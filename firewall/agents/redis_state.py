@@ -9,9 +9,11 @@ lineage index is a set.
 `count` is a Lua script because it prunes, adds and sums in one step. As separate commands,
 two replicas counting the same agent at once could each miss the other's event, and a
 quarantine threshold would be crossed late or twice; a script runs atomically on the server,
-in one round trip. It is sent by hash (EVALSHA), and its text only when the server answers
-NOSCRIPT (after a restart or SCRIPT FLUSH). Every other primitive is one command or one
-pipeline of commands that need no read-then-write, so they need no script.
+in one round trip. `index_add` is one too: it adds a record to each of its buckets and turns
+a bucket over its limit into the COMMON mark, which is a read-then-write; `index_members`
+reads every bucket in one round trip. Scripts are sent by hash (EVALSHA), and their text
+only when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH). Every other
+primitive is one command or one pipeline of commands that need no read-then-write.
 
 Any failure to talk to Redis (refused, timed out, a wrong password, an error reply) becomes
 `StateUnavailable`, naming the URL without its password and the operation, so that the
@@ -33,18 +35,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from firewall.agents.state import StateUnavailable
+from firewall.agents.state import COMMON, StateUnavailable
 
 __all__ = ["RedisState"]
 
 # KEYS[1]: the window; ARGV: cutoff, now, add, member, expiry in ms. The scores are passed as
 # the strings Python wrote, never through a Lua number, so no precision is lost on the way.
 # KEYS: the bucket sets; ARGV[1]: the member; ARGV[2]: ttl in ms, or -1 for none (an
-# earlier expiry is dropped then, as in memory).
+# earlier expiry is dropped then, as in memory); ARGV[3]: the limit, or -1 for none;
+# ARGV[4]: the COMMON mark a set over its limit holds instead of its members.
 _INDEX_ADD_SCRIPT = """
 local ttl = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
 for _, key in ipairs(KEYS) do
-    redis.call('SADD', key, ARGV[1])
+    if limit < 0 or redis.call('SISMEMBER', key, ARGV[4]) == 0 then
+        redis.call('SADD', key, ARGV[1])
+        if limit >= 0 and redis.call('SCARD', key) > limit then
+            redis.call('DEL', key)
+            redis.call('SADD', key, ARGV[4])
+        end
+    end
     if ttl < 0 then redis.call('PERSIST', key) else redis.call('PEXPIRE', key, ttl) end
 end
 return #KEYS
@@ -81,6 +91,7 @@ class RedisState:
     until the first operation."""
 
     name = "redis"
+    shared = True
 
     def __init__(self, url: str, *, timeout: float = 0.5, prefix: str = "afw:") -> None:
         self.url = _without_password(url)
@@ -167,14 +178,16 @@ class RedisState:
         with self._failures("count"):
             return int(await self._count_script(keys=[self._key(key)], args=arguments))
 
-    async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None) -> None:
+    async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None,
+                        limit: int | None = None) -> None:
         names = [self._key(key) for key in keys]
         if not names:
             return
         with self._failures("index_add"):
             # One script: atomic (a reader sees a fingerprint in all its buckets or none),
             # and one command for the client to build and parse instead of two per bucket.
-            await self._index_add_script(keys=names, args=[member, _milliseconds(ttl) if ttl is not None else -1])
+            await self._index_add_script(keys=names, args=[member, _milliseconds(ttl) if ttl is not None else -1,
+                                                           -1 if limit is None else limit, COMMON])
 
     async def index_members(self, keys: Iterable[str]) -> dict[str, set[str]]:
         wanted = list(dict.fromkeys(keys))

@@ -16,9 +16,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Protocol, runtime_checkable
 
-__all__ = ["MemoryState", "StateBackend", "StateUnavailable", "open_state"]
+__all__ = ["COMMON", "MemoryState", "StateBackend", "StateUnavailable", "open_state"]
+
+# What a set at an `index_add` key holds once more members came than its limit allows. No
+# member is "*": the lineage index's members are `<agent>:<exchange_id>`.
+COMMON = "*"
 
 
 class StateUnavailable(RuntimeError):
@@ -31,6 +36,9 @@ class StateBackend(Protocol):
     network backend must not stall the event loop."""
 
     name: str
+    # Other processes read and write this state too (Redis). Work that only this process
+    # would read may wait until an answer is out when it is False (see LineageIndex.defer).
+    shared: bool
 
     async def get(self, key: str) -> bytes | None:
         """The value at `key`, or None (never set, deleted or expired)."""
@@ -50,13 +58,15 @@ class StateBackend(Protocol):
         """A sliding-window counter, atomically: record `add` events at time `now` (0 to
         only read), forget those older than `now - window`, and return how many remain."""
 
-    async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None) -> None:
-        """Add `member` to the set at each of `keys` (lineage buckets); each set expires
-        `ttl` seconds after its last addition when given."""
+    async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None,
+                        limit: int | None = None) -> None:
+        """Add `member` to the set at each of `keys` (lineage buckets), atomically; each set
+        expires `ttl` seconds after its last addition when given. A set that would hold
+        more than `limit` members holds only `COMMON` from then on, and takes no more."""
 
-    async def index_members(self, keys: Iterable[str]) -> dict[str, set[str]]:
+    async def index_members(self, keys: Iterable[str]) -> dict[str, AbstractSet[str]]:
         """The members of the set at each of `keys` (absent sets are left out), in one
-        round trip."""
+        round trip. Read-only: a backend may hand out what it holds."""
 
     async def close(self) -> None: ...
 
@@ -66,6 +76,7 @@ class MemoryState:
     tested against. Expiry is checked on read, so nothing needs a timer."""
 
     name = "memory"
+    shared = False
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -124,29 +135,37 @@ class MemoryState:
             self._totals.pop(key, None)
         return total
 
-    async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None) -> None:
-        # One clock reading for the whole call: a lineage record touches about 80 buckets.
+    async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None,
+                        limit: int | None = None) -> None:
+        # A lineage record touches about 50 buckets, almost all of them new: they go in
+        # with one C-level update, and only the buckets that exist are looked at.
         now = self._clock()
         expires = None if ttl is None else now + ttl
         sets = self._sets
-        for key in keys:
-            found = sets.get(key)
-            if found is None or (found[1] is not None and found[1] <= now) or found[0] == member:
-                sets[key] = (member, expires)
-            elif isinstance(found[0], str):
-                sets[key] = ({found[0], member}, expires)
+        added: dict[str, tuple[str | set[str], float | None]] = dict.fromkeys(keys, (member, expires))
+        for key in [key for key in added if key in sets]:
+            held, until = sets[key]
+            if (until is not None and until <= now) or held == member:
+                continue  # expired, or this member alone: replaced by the new entry
+            if held == COMMON:
+                added[key] = (COMMON, expires)
+                continue
+            if isinstance(held, str):
+                held = {held, member}
             else:
-                found[0].add(member)
-                sets[key] = (found[0], expires)
+                held.add(member)
+            added[key] = (COMMON if limit is not None and len(held) > limit else held, expires)
+        sets.update(added)
 
-    async def index_members(self, keys: Iterable[str]) -> dict[str, set[str]]:
+    async def index_members(self, keys: Iterable[str]) -> dict[str, AbstractSet[str]]:
         now = self._clock()
         sets = self._sets
-        out: dict[str, set[str]] = {}
-        for key in keys:
-            found = sets.get(key)
-            if found is not None and (found[1] is None or found[1] > now):
-                out[key] = {found[0]} if isinstance(found[0], str) else set(found[0])
+        out: dict[str, AbstractSet[str]] = {}
+        for key in [key for key in keys if key in sets]:  # most of a request's buckets are empty
+            held, until = sets[key]
+            if until is None or until > now:
+                # The set itself, not a copy (read-only by contract): a lookup reads dozens.
+                out[key] = {held} if isinstance(held, str) else held
         return out
 
     async def close(self) -> None:

@@ -305,3 +305,14 @@ class PolicySpec(_Strict):
     stream: StreamSpec = StreamSpec()
     rules: list[RuleSpec] = []
     tests: list[PolicyTest] = []
+
+    @model_validator(mode="after")
+    def _one_agent_per_key(self) -> PolicySpec:
+        holders: dict[str, str] = {}
+        for name, agent in self.agents.items():
+            for value in agent.keys:
+                other = holders.setdefault(value, name)
+                if other != name:
+                    raise ValueError(f"agents.{other} and agents.{name} list the same key hash ({value[:19]}…): "
+                                     "a key must identify one agent")
+        return self

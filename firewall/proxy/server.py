@@ -128,6 +128,7 @@ class Firewall:
         self._runtime = _Runtime.build(policy, config, self.state)
         self._runtimes = [self._runtime]  # every one built, for their executors at shutdown
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._settling: set[asyncio.Task[None]] = set()
         self.app = web.Application(client_max_size=config.max_body_bytes)
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
         self.app.on_cleanup.append(self._close_sessions)
@@ -167,7 +168,10 @@ class Firewall:
         call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
         guess = _guess_wire(request.path)
         try:
-            return await self._handle(request, call, guess)
+            response = await self._handle(request, call, guess)
+            if call.rt.guard.unsettled:
+                self._settle_soon(call.rt.guard)
+            return response
         except _AuditUnavailable as error:
             message = f"agent-firewall: the audit log cannot be written ({error}); nothing was forwarded"
             return self._respond(call, 503, orjson.dumps((call.wire or guess).error_body(503, message)))
@@ -178,6 +182,19 @@ class Firewall:
                 return self._refuse(call, call.wire or guess, 500, message, event="internal_error")
             except _AuditUnavailable:
                 return self._respond(call, 500, orjson.dumps((call.wire or guess).error_body(500, message)))
+
+    def _settle_soon(self, guard: AgentGuard) -> None:
+        """Finish the guard's deferred work once this handler has returned and aiohttp has
+        written the answer: the agent does not wait for its answer to be fingerprinted."""
+        task = asyncio.get_running_loop().create_task(self._settle(guard))
+        self._settling.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, guard: AgentGuard) -> None:
+        try:
+            await guard.settle()
+        except Exception:  # noqa: BLE001 - a background task has nobody to raise to
+            log.exception("deferred lineage records could not be written")
 
     async def _handle(self, request: web.Request, call: _Call, guess: WireFormat) -> web.StreamResponse:
         try:

@@ -522,3 +522,42 @@ def test_agent_state_that_cannot_be_reached_follows_defaults_on_error(start_fire
         assert (record["agent"], record["action"]) == ("planner", "allow")
         assert url in record["error"] and "inspected without agent state (defaults.on_error: allow)" in record["error"]
         assert [r["direction"] for r in running.records() if "event" not in r] == ["request", "response"]
+
+
+# -- when an answer is fingerprinted --------------------------------------------------------
+
+
+def test_an_answer_is_fingerprinted_once_sent_and_never_missed_by_the_next_request(start_firewall, fake) -> None:
+    # Memory state: the planner gets its answer before lineage fingerprints it (the work
+    # waits until the answer is out), yet the fingerprint is written on its own soon after,
+    # and a request that comes first still finds the answer's words.
+    running = start_firewall(EDGES)
+    lineage = running.firewall.guard.lineage
+    fake.script([{"when": "plan the audit", "text": PLAN}, {"text": "Noted."}])
+    raw = agent(running, "planner").chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "plan the audit"}])
+    exchange = raw.headers["X-Firewall-Exchange-Id"]
+    state = running.firewall.state
+
+    async def recorded() -> list[str]:
+        return await state.keys("lineage:rec:")
+
+    # The background write, with no further request to prompt it.
+    assert asyncio.run(_settled(lineage)), "the deferred fingerprint was never written"
+    assert asyncio.run(recorded()) == [f"lineage:rec:planner:{exchange}"]
+
+    # A write still waiting when the next request comes is done before that request is looked up.
+    lineage.defer("planner", "ex_late", ORDERS)
+    raw = agent(running, "researcher").chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": f"Check this: {ORDERS}"}])
+    assert raw.headers.get("X-Firewall-Source-Agent") == "planner"
+    (edge,) = [record for record in events(running, "lineage") if record["source_exchange"] == "ex_late"]
+    assert edge["agent"] == "researcher"
+
+
+async def _settled(lineage: Any, timeout: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while lineage.deferred and loop.time() < end:
+        await asyncio.sleep(0.01)
+    return lineage.deferred == 0

@@ -106,3 +106,14 @@ def test_a_w3c_traceparent_gives_its_trace_id_and_a_malformed_one_is_ignored(hea
     identities, _ = resolver()
     headers = {"X-Agent-Id": "planner"} | ({"traceparent": header} if header else {})
     assert identities.resolve("/v1/x", headers).trace_id == expected
+
+
+def test_a_key_listed_for_two_agents_is_a_policy_error():
+    from pydantic import ValidationError
+
+    from firewall.policy.schema import PolicySpec
+
+    shared = hash_key(new_key())
+    with pytest.raises(ValidationError, match=r"agents.planner and agents.researcher list the same key hash"):
+        PolicySpec(version=1, name="p", agents={"planner": AgentSpec(keys=[shared]),
+                                                "researcher": AgentSpec(keys=[shared])})

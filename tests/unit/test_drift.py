@@ -186,6 +186,21 @@ async def test_two_agents_are_independent() -> None:
     assert [alert.metric for alert in alerts] == ["toxicity"]
 
 
+async def test_what_another_writer_stored_since_is_read_not_what_this_monitor_last_wrote() -> None:
+    # Two monitors on one state stand for two policies (a reload) or two replicas.
+    state = MemoryState()
+    spec = DriftSpec(min_std=0.05, metrics=["toxicity"])
+    first, second = DriftMonitor(state, spec), DriftMonitor(state, spec)
+    await first.observe("planner", {"toxicity": 0.1}, violated=False)
+    await second.observe("planner", {"toxicity": 0.3}, violated=False)
+    await first.observe("planner", {"toxicity": 0.5}, violated=False)
+    stats = DriftStats.from_json(await state.get(drift_key("planner", "toxicity")) or b"")
+    assert (stats.n, stats.mean) == (3, pytest.approx(0.3))
+    await state.set(drift_key("planner", "toxicity"), DriftStats(n=40, baseline_n=40, mean=0.2, ewma=0.2).to_json())
+    await first.observe("planner", {"toxicity": 0.2}, violated=False)
+    assert DriftStats.from_json(await state.get(drift_key("planner", "toxicity")) or b"").n == 41
+
+
 async def test_a_non_finite_score_is_refused_before_anything_is_written() -> None:
     state = MemoryState()
     monitor = DriftMonitor(state, DriftSpec(min_std=0.05, metrics=["toxicity", "semantic:harm"]))

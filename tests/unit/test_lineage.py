@@ -69,11 +69,11 @@ def index(clock: Clock | None = None, spec: LineageSpec = SPEC) -> LineageIndex:
 
 
 def test_spec_checks_its_numbers():
-    assert SPEC.rows == 2
-    with pytest.raises(ValidationError, match=r"permutations \(32\) must be a multiple of lineage.bands \(10\)"):
-        LineageSpec(bands=10)
-    with pytest.raises(ValidationError, match=r"window \(30\) must be a multiple of lineage.stride \(16\)"):
-        LineageSpec(window=30)
+    assert (SPEC.sample, SPEC.bucket_limit) == (3, 64)
+    with pytest.raises(ValidationError, match=r"lineage.bands, lineage.stride: no longer settings: .*\(lineage.sample sets"):
+        LineageSpec(bands=16, stride=16)
+    with pytest.raises(ValidationError, match="sample"):
+        LineageSpec(sample=0)
     with pytest.raises(ValidationError, match=r"min_words \(3\) must be at least lineage.shingle \(4\)"):
         LineageSpec(min_words=3)
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
@@ -229,14 +229,14 @@ def test_odd_text_is_fingerprinted_without_error():
 _SIGNATURE = (
     "import json, sys; from firewall.agents.lineage import LineageSpec, fingerprint; "
     "f = fingerprint(sys.argv[1], LineageSpec()); "
-    "print(json.dumps([f.shingles.tolist(), f.signatures.tolist(), f.band_keys()]))"
+    "print(json.dumps([f.shingles.tolist(), f.bucket_keys(3)]))"
 )
 
 
 def test_fingerprints_are_the_same_in_every_process():
     here = fingerprint(RESPONSE, SPEC)
     assert here is not None
-    expected = [here.shingles.tolist(), here.signatures.tolist(), here.band_keys()]
+    expected = [here.shingles.tolist(), here.bucket_keys(3)]
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         done = subprocess.run([sys.executable, "-c", _SIGNATURE, RESPONSE], env=env, cwd=Path(__file__).parents[2],
@@ -274,7 +274,8 @@ async def test_a_lookup_among_ten_thousand_records_reads_only_candidates():
     assert 1 <= len(state.reads) <= SPEC.candidates
     query = fingerprint(request, SPEC)
     assert query is not None
-    bucketed = {member for members in (await state.index_members(query.band_keys())).values() for member in members}
+    keys = query.bucket_keys(SPEC.sample)
+    bucketed = {member for members in (await state.index_members(keys)).values() for member in members}
     assert {key.removeprefix("lineage:rec:") for key in state.reads} <= bucketed
 
 
@@ -292,3 +293,78 @@ async def test_replicas_sharing_redis_see_each_others_records(tmp_path: Path):
         finally:
             await one.close()
             await two.close()
+
+
+def test_words_are_runs_of_alphanumeric_characters_for_every_code_point():
+    # The fast regex and the numpy word runs (spans) must find the same words.
+    import sys as _sys
+
+    from firewall.agents.lineage import _WORD
+    wrong = [c for c in range(_sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF
+             and bool(_WORD.fullmatch(chr(c))) != chr(c).isalnum()]
+    assert wrong == []
+
+
+def test_the_sampled_shingles_of_a_quote_do_not_depend_on_what_surrounds_it():
+    alone = fingerprint(RESPONSE, SPEC)
+    inside = fingerprint(f"{filler(150, 21)}. {RESPONSE} {filler(90, 22)}", SPEC)
+    assert alone is not None and inside is not None
+    keys = alone.bucket_keys(SPEC.sample)
+    assert 0 < len(keys) < len(set(alone.shingles.tolist()))  # a sample, not every shingle
+    assert set(keys) <= set(inside.bucket_keys(SPEC.sample))
+    assert len(alone.bucket_keys(1)) == len(set(alone.shingles.tolist()))
+
+
+async def test_a_stock_phrase_stops_being_a_lead_once_its_bucket_is_full():
+    spec = LineageSpec(bucket_limit=5)
+    state = CountingState()
+    lineage = LineageIndex(state, spec)
+    stock = "Let me know if you have any other questions about this, I am always happy to help you out"
+    for n in range(6):
+        await lineage.record(f"helper-{n}", f"ex_{n}", f"{filler(30, 30 + n)} {stock}")
+    query = fingerprint(stock, spec)
+    assert query is not None
+    buckets = await state.index_members(query.bucket_keys(spec.sample))
+    assert buckets and all(members == {"*"} for members in buckets.values())  # full: marked common
+    state.reads.clear()
+    assert await lineage.match("reader", stock) == []
+    assert state.reads == []  # no record was read for a stock phrase
+    # A response that carries the phrase and words of its own is still found by those.
+    await lineage.record("planner", "ex_p", f"{RESPONSE} {stock}")
+    [found] = await lineage.match("reader", f"{RESPONSE} {stock}")
+    assert found.record.id == "planner:ex_p"
+
+
+async def test_a_deferred_record_is_written_before_any_lookup_sees_the_index():
+    lineage = index()
+    lineage.defer("planner", "ex_1", RESPONSE, flagged=True)
+    assert lineage.deferred == 1
+    assert await lineage.state.keys("lineage:rec:") == []  # nothing written yet
+    [found] = await lineage.match("executor", f"{filler(50, 23)} {RESPONSE}")
+    assert (found.record.id, found.record.flagged, lineage.deferred) == ("planner:ex_1", True, 0)
+
+
+async def test_an_index_built_for_a_reloaded_policy_writes_what_the_old_one_deferred():
+    state = MemoryState()
+    old, new = LineageIndex(state, SPEC), LineageIndex(state, SPEC)
+    old.defer("planner", "ex_1", RESPONSE)
+    assert new.deferred == 1
+    [found] = await new.match("executor", RESPONSE)
+    assert found.record.id == "planner:ex_1"
+    await old.flush()  # nothing left: the record is written once
+    assert await state.keys("lineage:rec:") == ["lineage:rec:planner:ex_1"]
+
+
+async def test_records_are_not_deferred_on_a_shared_state(tmp_path: Path):
+    with running_redis_server(tmp_path / "redis") as server:
+        state = open_state(server.url)
+        try:
+            with pytest.raises(ValueError, match="cannot be deferred on a shared state backend"):
+                LineageIndex(state, SPEC).defer("planner", "ex_1", RESPONSE)
+        finally:
+            await state.close()
+
+
+def test_a_bad_id_is_refused_when_deferred_not_when_flushed():
+    with pytest.raises(ValueError, match="invalid exchange id"):
+        index().defer("planner", "ex:1", RESPONSE)

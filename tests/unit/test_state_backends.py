@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from firewall.agents.state import MemoryState, StateBackend, StateUnavailable, open_state
+from firewall.agents.state import COMMON, MemoryState, StateBackend, StateUnavailable, open_state
 from tests.redis_server import SKIP_VARIABLE, RedisServer, redis_server_binary, running_redis_server
 
 try:
@@ -198,6 +198,29 @@ async def test_index_add_and_members(state: StateBackend) -> None:
     assert await state.index_members([]) == {}
     await state.delete("lineage:2")
     assert await state.index_members(["lineage:2"]) == {}
+
+
+async def test_a_bucket_over_its_limit_holds_only_the_common_mark(state: StateBackend) -> None:
+    for n in range(3):
+        await state.index_add(["lineage:stock", "lineage:rare"], f"fp-{n}", limit=3)
+    assert await state.index_members(["lineage:stock"]) == {"lineage:stock": {"fp-0", "fp-1", "fp-2"}}
+    await state.index_add(["lineage:stock"], "fp-3", limit=3)  # a fourth: over the limit
+    await state.index_add(["lineage:stock"], "fp-4", limit=3)  # and it takes no more
+    await state.index_add(["lineage:stock"], "fp-0", limit=3)  # not even one it held before
+    found = await state.index_members(["lineage:stock", "lineage:rare"])
+    assert found == {"lineage:stock": {COMMON}, "lineage:rare": {"fp-0", "fp-1", "fp-2"}}
+    await state.index_add(["lineage:free"], "fp-0")
+    await state.index_add(["lineage:free"], "fp-1")  # no limit given: none applies
+    assert await state.index_members(["lineage:free"]) == {"lineage:free": {"fp-0", "fp-1"}}
+
+
+async def test_a_common_bucket_expires_like_any_other(state: StateBackend) -> None:
+    await state.index_add(["lineage:stock"], "fp-0", ttl=0.3, limit=1)
+    await state.index_add(["lineage:stock"], "fp-1", ttl=0.3, limit=1)
+    assert await state.index_members(["lineage:stock"]) == {"lineage:stock": {COMMON}}
+    await asyncio.sleep(0.5)
+    await state.index_add(["lineage:stock"], "fp-2", ttl=0.3, limit=1)
+    assert await state.index_members(["lineage:stock"]) == {"lineage:stock": {"fp-2"}}
 
 
 async def test_concurrent_counts_from_two_clients_are_atomic(pair: tuple[StateBackend, StateBackend]) -> None:
