@@ -22,11 +22,13 @@ WIRE_FORMATS: Final[tuple[WireFormat, ...]] = (OpenAIChat(), AnthropicMessages()
 
 
 def wire_format_for_path(path: str) -> WireFormat | None:
-    """The wire format whose route is exactly `path`, ignoring a query string and a
-    trailing slash. The listener strips an agent prefix (`/agents/planner`) first; an
-    exact match keeps `/anything/v1/messages` from being mistaken for a known route."""
+    """The wire format whose route `path` is, ignoring a query string and a trailing
+    slash (each format matches whole routes: see `WireFormat.for_route`). The listener
+    strips an agent prefix (`/agents/planner`) first; matching whole routes keeps
+    `/anything/v1/messages` from being mistaken for a known one."""
     route = path.split("?", 1)[0].rstrip("/")
     for wire_format in WIRE_FORMATS:
-        if route == wire_format.path:
-            return wire_format
+        found = wire_format.for_route(route)
+        if found is not None:
+            return found
     return None

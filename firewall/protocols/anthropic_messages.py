@@ -24,7 +24,7 @@ from firewall.protocols._paths import (
 )
 from firewall.protocols._memo import MessageMemo
 from firewall.protocols._sse import parse_events, render_event
-from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
+from firewall.protocols.base import BodyShapeError, ExactRoute, ParsedRequest, StreamDelta, StreamEvent
 
 __all__ = ["AnthropicMessages"]
 
@@ -53,7 +53,7 @@ _ERROR_TYPES: Final = {
 _TOOL_USE_TYPES: Final = frozenset({"tool_use", "server_tool_use"})
 
 
-class AnthropicMessages:
+class AnthropicMessages(ExactRoute):
     name = "anthropic_messages"
     provider = "anthropic"
     path = "/v1/messages"

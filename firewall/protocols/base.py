@@ -17,6 +17,15 @@ class BodyShapeError(ValueError):
     """The JSON parsed, but it is not a body this wire format understands."""
 
 
+class ExactRoute:
+    """`for_route` for a wire format with one fixed route, its `path`."""
+
+    path: str
+
+    def for_route(self, route: str) -> ExactRoute | None:
+        return self if route == self.path else None
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
     messages: tuple[Message, ...]
@@ -79,9 +88,16 @@ class StreamReader(Protocol):
 
 
 class WireFormat(Protocol):
-    name: str  # openai_chat | anthropic_messages
-    provider: str  # the upstream it goes to: openai | anthropic
-    path: str  # the route, e.g. /v1/chat/completions
+    name: str  # openai_chat | anthropic_messages | ...
+    provider: str  # the upstream it goes to (a name of ProxyConfig.upstreams): openai | anthropic | ...
+    path: str  # the route, e.g. /v1/chat/completions (a pattern's description for parameterised routes)
+
+    def for_route(self, route: str) -> WireFormat | None:
+        """This wire format for `route` (a request path without its query string or a
+        trailing slash), or None when the route is not its own. A format whose routes
+        carry parameters (the model, whether to stream) returns an instance bound to
+        them, so that parse_request sees them."""
+        ...
 
     def parse_request(self, body: Any) -> ParsedRequest:
         """Every inspectable text of a request body (all roles, tool arguments and

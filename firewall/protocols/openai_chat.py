@@ -27,7 +27,7 @@ from firewall.protocols._paths import (
 )
 from firewall.protocols._memo import MessageMemo
 from firewall.protocols._sse import parse_events, render_event
-from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
+from firewall.protocols.base import BodyShapeError, ExactRoute, ParsedRequest, StreamDelta, StreamEvent
 
 __all__ = ["OpenAIChat"]
 
@@ -44,7 +44,7 @@ _ERROR_TYPES: Final = {
 _TOOL_ROLES: Final = frozenset({"tool", "function"})  # "function": the legacy tool-result role
 
 
-class OpenAIChat:
+class OpenAIChat(ExactRoute):
     name = "openai_chat"
     provider = "openai"
     path = "/v1/chat/completions"
