@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from firewall.model import Direction
+
+if TYPE_CHECKING:
+    from firewall.audit.index import AuditIndex
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -96,7 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         show.add_argument("--until", help="ISO 8601 UTC; records before it")
         show.add_argument("--text", help="case-insensitive, in the messages kept, the answer released or the error")
         show.add_argument("--json", action="store_true", help="print the records as JSONL")
+        _index_options(show)
         show.set_defaults(run=_audit_show)
+    indexing = audit_commands.add_parser("index", help="build or bring up to date the index that query, show and "
+                                                       "stats use (they do it themselves; this says what it did)")
+    indexing.add_argument("path", type=Path)
+    indexing.add_argument("--index", type=Path, metavar="FILE", help="where the index is (default: PATH.index.sqlite)")
+    indexing.add_argument("--rebuild", action="store_true", help="build it again from nothing")
+    indexing.set_defaults(run=_audit_index)
 
     agents = commands.add_parser("agents", help="agents and their state, through a running firewall's admin API")
     agents.add_argument("--admin", default="http://127.0.0.1:8081", help="the admin API's base URL")
@@ -138,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     stats = audit_commands.add_parser("stats", help="per agent: requests, answers, blocks and the rules that fired")
     stats.add_argument("path", type=Path)
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _index_options(stats)
     stats.set_defaults(run=_audit_stats)
     trace = audit_commands.add_parser("trace", help="one exchange, and the earlier answers whose words it carried")
     trace.add_argument("path", type=Path)
@@ -162,6 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--audit-log", type=Path, default=Path("demo-audit.jsonl"))
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _index_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--index", type=Path, metavar="FILE",
+                         help="the log's index (default: PATH.index.sqlite, built or brought up to date first)")
+    command.add_argument("--no-index", action="store_true", help="read every line of the log instead of the index")
 
 
 def _fail(message: str) -> int:
@@ -499,16 +517,74 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _audit_show(args: argparse.Namespace) -> int:
-    from firewall.audit import query, read_records
+    from firewall.audit import AuditLogError, query, read_records
 
-    records = query(read_records(args.path), agent=args.agent, action=args.action, rule=args.rule,
-                    since=args.since, until=args.until, text=args.text)
-    for record in records:
-        if args.json:
-            sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
-            continue
-        print(_summary(record))
+    filters = {"agent": args.agent, "action": args.action, "rule": args.rule, "since": args.since,
+               "until": args.until, "text": args.text}
+    try:
+        with _indexed(args) as index:
+            records = index.query(**filters) if index else query(read_records(args.path), **filters)
+            for record in records:
+                if args.json:
+                    sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
+                    continue
+                print(_summary(record))
+    except (AuditLogError, FileNotFoundError) as exc:
+        sys.stdout.flush()
+        print(f"agent-firewall: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     sys.stdout.flush()
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _indexed(args: argparse.Namespace) -> Iterator[AuditIndex | None]:
+    """The log's index, brought up to date; None with --no-index, or when the index cannot
+    be written (a read-only directory): the caller then scans, as a reviewer reading a log
+    on a read-only mount must still get answers."""
+    if args.no_index:
+        yield None
+        return
+    from firewall.audit.index import AuditIndex, IndexUnavailable
+
+    index: AuditIndex | None = None
+    try:
+        index = AuditIndex(args.path, args.index)
+        index.refresh()
+    except IndexUnavailable as exc:
+        print(f"agent-firewall: {exc}; reading the whole log instead", file=sys.stderr)
+        if index is not None:
+            index.close()
+        index = None
+    except BaseException:
+        if index is not None:
+            index.close()
+        raise
+    if index is None:
+        yield None
+        return
+    with index:
+        yield index
+
+
+def _audit_index(args: argparse.Namespace) -> int:
+    from firewall.audit import AuditLogError
+    from firewall.audit.index import AuditIndex, IndexUnavailable
+
+    try:
+        with AuditIndex(args.path, args.index) as index:
+            done = index.refresh(rebuild=args.rebuild)
+    except (AuditLogError, FileNotFoundError, IndexUnavailable) as exc:
+        print(f"agent-firewall: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{index.path}: {done.records:,} records of {args.path} ({done.files} file{'' if done.files == 1 else 's'})"
+          + (f"; built from nothing ({done.rebuilt})" if done.rebuilt else ""))
+    print(f"read {done.added:,} new records, {done.bytes_read:,} bytes from {done.files_read} "
+          f"file{'' if done.files_read == 1 else 's'} in {done.seconds:.2f} s")
+    if done.reindexed:
+        print("indexed again from the start (changed or shortened, or after such a file): " + ", ".join(done.reindexed))
+    if done.dropped:
+        print("no longer in the log, dropped: " + ", ".join(done.dropped))
     return EXIT_OK
 
 
@@ -536,10 +612,15 @@ def _audit_edges(args: argparse.Namespace) -> int:
 def _audit_stats(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from firewall.audit import read_records
+    from firewall.audit import AuditLogError, read_records
     from firewall.audit.report import stats
 
-    agents, rules = stats(read_records(args.path))
+    try:
+        with _indexed(args) as index:
+            agents, rules = index.stats() if index else stats(read_records(args.path))
+    except (AuditLogError, FileNotFoundError) as exc:
+        print(f"agent-firewall: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         sys.stdout.buffer.write(orjson.dumps({"agents": [dataclasses.asdict(a) | {"block_rate": a.block_rate}
                                                          for a in agents], "rules": rules}) + b"\n")
@@ -617,8 +698,10 @@ def _summary(record: dict) -> str:  # type: ignore[type-arg]
         detail = f"stream, held back <= {record['holdback_max_chars']} chars"
     else:
         detail = f"{record.get('messages', 0)} msgs"
-    return (f"{record.get('seq', ''):>5} {str(record.get('ts', ''))[:23]} {record.get('exchange', '')} "
-            f"{who:<22} {record.get('direction', ''):<8} {record.get('action', ''):<6} {rules:<36} {detail}")
+    # `or ''`: a field present as null (an event record has no direction) prints as blank.
+    return (f"{record.get('seq') if record.get('seq') is not None else '':>5} {str(record.get('ts') or '')[:23]} "
+            f"{record.get('exchange') or ''} {who:<22} {record.get('direction') or '':<8} "
+            f"{record.get('action') or '':<6} {rules:<36} {detail}")
 
 
 def _demo(args: argparse.Namespace) -> int:

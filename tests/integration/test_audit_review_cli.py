@@ -69,3 +69,14 @@ def test_graph_says_what_is_missing_without_graphviz(tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "firewall.cli", "audit", "graph", str(path), "--format", "png"],
                           capture_output=True, text=True, timeout=60, env={"PATH": str(tmp_path)})
     assert done.returncode == 2 and "needs Graphviz's `dot` on PATH" in done.stderr
+
+
+def test_query_prints_a_record_whose_fields_are_null(tmp_path: Path):
+    # An event record can carry direction, action or exchange as null: a blank, not a traceback.
+    path = written_log(tmp_path / "audit.jsonl", [
+        {"event": "policy_reload", "direction": None, "action": None, "exchange": None, "agent": None},
+    ])
+    done = cli("query", str(path), "--no-index")
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.split()[-1] == "policy_reload" and "None" not in line
