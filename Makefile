@@ -4,8 +4,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Forward mode runs on mitmproxy 11.0.x (Python 3.11), whose pins (h11<=0.14,
+# cryptography<44.1, ruamel.yaml<=0.18.6) the test clients cannot share: the openai SDK's
+# httpx2 needs h11>=0.16. It gets an environment of its own; the forward-mode tests start
+# the firewall from it ($(MITM_VENV)/bin/agent-firewall) and drive it from $(VENV).
+MITM_VENV  := .venv-mitm
+MITM_STAMP := $(MITM_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test check bench clean
+.PHONY: install install-mitm demo test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +25,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(MITM_VENV)/bin/python:
+	$(PYTHON) -m venv $(MITM_VENV)
+
+$(MITM_STAMP): pyproject.toml | $(MITM_VENV)/bin/python
+	$(MITM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MITM_VENV)/bin/python -m pip install --quiet -e '.[mitm,redis]'
+	$(MITM_VENV)/bin/python -m pip check
+	rm -f $(MITM_VENV)/.installed-*
+	touch $@
+
+install-mitm: $(MITM_STAMP)
+
 demo: install
 	$(BIN)/agent-firewall demo --audit-log demo-audit.jsonl
 
@@ -26,9 +44,9 @@ check: install
 	$(BIN)/agent-firewall check policies/*.yaml
 	$(BIN)/agent-firewall test policies/*.yaml
 
-test: check
+test: check install-mitm
 	$(BIN)/ruff check firewall tests benchmarks training
-	$(BIN)/python -m pytest -q
+	AGENT_FIREWALL_MITM=$(MITM_VENV)/bin/agent-firewall $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python benchmarks/bench_proxy.py --write benchmarks/RESULTS.md
@@ -40,4 +58,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_audit_index.py --write benchmarks/RESULTS.md
 
 clean:
-	rm -rf $(VENV) demo-audit.jsonl .pytest_cache
+	rm -rf $(VENV) $(MITM_VENV) demo-audit.jsonl .pytest_cache

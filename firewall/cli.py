@@ -39,9 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-firewall", description="A message firewall for multi-agent AI systems.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the reverse proxy")
+    run = commands.add_parser("run", help="run the firewall: a reverse proxy, a forward proxy (HTTPS_PROXY), or both")
     run.add_argument("--policy", required=True, type=Path, help="policy YAML file")
-    run.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    run.add_argument("--mode", default="reverse", metavar="reverse|forward|reverse,forward",
+                     help="the listeners: reverse (agents change their base URL; the default), forward (agents set "
+                          "HTTPS_PROXY and trust the CA: needs the mitm extra), or both in one process")
+    run.add_argument("--listen", action="append", metavar="HOST:PORT",
+                     help="HOST:PORT to listen on (default 127.0.0.1:8080); with two modes, one --listen per mode, "
+                          "in the order of --mode")
+    run.add_argument("--ca-dir", type=Path, metavar="DIR",
+                     help="forward mode: the CA's directory (default $AGENT_FIREWALL_CA_DIR or ~/.agent-firewall/ca; "
+                          "created on first use, as `agent-firewall ca` does)")
+    run.add_argument("--upstream-ca", type=Path, metavar="FILE",
+                     help="forward mode: verify upstream servers against these CA certificates (PEM) instead of "
+                          "the public roots")
     run.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
                      help="upstream base URL, e.g. openai=https://api.openai.com (repeatable)")
     run.add_argument("--audit-log", type=Path, help="append the audit log (JSONL) to this file")
@@ -170,6 +181,14 @@ def _parser() -> argparse.ArgumentParser:
     drawing.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
     drawing.set_defaults(run=_audit_graph)
 
+    ca = commands.add_parser("ca", help="forward mode: create the CA (if absent); print its path and the "
+                                        "environment variables that make agents use and trust the forward proxy")
+    ca.add_argument("--ca-dir", type=Path, metavar="DIR",
+                    help="where the CA lives (default $AGENT_FIREWALL_CA_DIR or ~/.agent-firewall/ca)")
+    ca.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                    help="the forward proxy's address, for HTTPS_PROXY (default 127.0.0.1:8080)")
+    ca.set_defaults(run=_ca)
+
     demo = commands.add_parser("demo", help="run a scripted multi-agent exchange through the firewall, offline")
     demo.add_argument("--audit-log", type=Path, default=Path("demo-audit.jsonl"))
     demo.set_defaults(run=_demo)
@@ -206,7 +225,8 @@ def _run(args: argparse.Namespace) -> int:
 
     admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
     try:
-        host, port = parse_listen(args.listen)
+        listeners = _listeners(args.mode, args.listen)
+        host, port = listeners.get("reverse") or listeners["forward"]
         admin = parse_listen(args.admin_listen) if args.admin_listen else None
         if admin is not None and len(admin_token) < 16:
             raise ValueError(f"--admin-listen needs a token of at least 16 characters in {ADMIN_TOKEN_ENV}")
@@ -221,6 +241,9 @@ def _run(args: argparse.Namespace) -> int:
     policy = _load(args.policy)
     if policy is None:
         return EXIT_FAILED
+    ca = _forward_ca(args, policy) if "forward" in listeners else None
+    if "forward" in listeners and ca is None:
+        return EXIT_USAGE
     try:
         audit = AuditWriter(config.audit_log, rotate_bytes=args.audit_rotate_bytes,
                             rotate_seconds=args.audit_rotate_seconds, fsync=args.audit_fsync,
@@ -234,13 +257,20 @@ def _run(args: argparse.Namespace) -> int:
     # concurrency 32 fell from about 100 ms to about 30 ms).
     gc.collect()
     gc.freeze()
-    print(f"agent-firewall: policy {policy.name} ({len(policy.rules)} rules, sha256 {policy.sha256[:12]}), "
-          f"listening on http://{host}:{port}", file=sys.stderr)
-    for name, url in config.upstreams.items():
-        print(f"agent-firewall: upstream {name} = {url}", file=sys.stderr)
+    print(f"agent-firewall: policy {policy.name} ({len(policy.rules)} rules, sha256 {policy.sha256[:12]})"
+          + (f", listening on http://{host}:{port}" if "reverse" in listeners else ""), file=sys.stderr)
+    if "reverse" in listeners:
+        for name, url in config.upstreams.items():
+            print(f"agent-firewall: upstream {name} = {url}", file=sys.stderr)
+    forward = None
+    if ca is not None:
+        from firewall.forward.runner import ForwardProxy
+
+        forward = ForwardProxy(firewall, host=listeners["forward"][0], port=listeners["forward"][1], ca=ca,
+                               upstream_ca=args.upstream_ca, owns_firewall="reverse" not in listeners)
     if audit is None:
         print("agent-firewall: warning: no --audit-log given; decisions are not recorded", file=sys.stderr)
-    apps = [(firewall.app, host, port)]
+    apps = [(firewall.app, host, port)] if "reverse" in listeners else []
     if admin is not None:
         apps.append((admin_app(firewall, admin_token), *admin))
         print(f"agent-firewall: admin API on http://{admin[0]}:{admin[1]} (bearer token from {ADMIN_TOKEN_ENV})",
@@ -255,17 +285,85 @@ def _run(args: argparse.Namespace) -> int:
         print(f"agent-firewall: reload: policy {fresh.name} (sha256 {fresh.sha256[:12]}) replaces {old.sha256[:12]}",
               file=sys.stderr)
 
+    from firewall.forward import MitmproxyMissing
+    from firewall.forward.runner import ForwardListenerError
+
     try:
-        asyncio.run(_serve(apps, reload_on_hangup, args.policy if args.watch_policy else None))
+        asyncio.run(_serve(apps, reload_on_hangup, args.policy if args.watch_policy else None,
+                           [forward] if forward is not None else []))
+    except (ForwardListenerError, MitmproxyMissing) as error:
+        return _fail(str(error))
     finally:
         if audit is not None:
             audit.close()
     return EXIT_OK
 
 
-async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path | None = None) -> None:
-    """Serve each (app, host, port) until SIGINT or SIGTERM; SIGHUP, and a change to the
-    `watch` file, call `on_hangup`."""
+def _listeners(mode: str, listen: list[str] | None) -> dict[str, tuple[str, int]]:
+    """--mode and --listen read together: each mode's (host, port)."""
+    from firewall.proxy.config import parse_listen
+
+    modes = [part.strip() for part in mode.split(",")]
+    if not modes or any(part not in ("reverse", "forward") for part in modes) or len(set(modes)) != len(modes):
+        raise ValueError(f"--mode {mode!r}: expected reverse, forward, or reverse,forward")
+    addresses = listen or ["127.0.0.1:8080"]
+    if len(addresses) != len(modes):
+        raise ValueError(f"--mode {mode} needs one --listen per mode, in the same order (got {len(addresses)}), "
+                         "e.g. --listen 127.0.0.1:8080 --listen 127.0.0.1:8081")
+    found = {name: parse_listen(value) for name, value in zip(modes, addresses)}
+    if len(set(found.values())) != len(found):
+        raise ValueError("the reverse and the forward listener need different addresses")
+    return found
+
+
+def _forward_ca(args: argparse.Namespace, policy: Any) -> Any:
+    """The forward listener's CA (created on first use), or None after saying why it
+    cannot run."""
+    from firewall.forward import ForwardHosts, MitmproxyMissing, default_ca_dir, ensure_ca
+
+    hosts = ForwardHosts.from_spec(policy.spec.forward)
+    if not hosts.patterns:
+        _fail(f"--mode forward: the policy {args.policy} names no host to inspect; add, for example:\n"
+              "forward:\n  hosts: [api.openai.com, api.anthropic.com]\n  unknown_hosts: refuse   # or tunnel")
+        return None
+    directory = args.ca_dir or default_ca_dir()
+    try:
+        ca = ensure_ca(directory)
+    except MitmproxyMissing as error:
+        _fail(str(error))
+        return None
+    except OSError as error:
+        _fail(f"cannot create or read the forward proxy's CA in {directory}: {error.strerror or error}")
+        return None
+    print(f"agent-firewall: forward mode inspects {hosts.describe()}; other hosts: {hosts.unknown_hosts} "
+          f"(forward.unknown_hosts); agents trust the CA {ca.cert} (agent-firewall ca prints how)", file=sys.stderr)
+    return ca
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from firewall.forward import MitmproxyMissing, default_ca_dir, ensure_ca, trust_instructions
+    from firewall.proxy.config import parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as error:
+        return _fail(str(error))
+    directory = args.ca_dir or default_ca_dir()
+    try:
+        files = ensure_ca(directory)
+    except MitmproxyMissing as error:
+        return _fail(str(error))
+    except OSError as error:
+        return _fail(f"cannot create or read the CA in {directory}: {error.strerror or error}")
+    sys.stdout.write(trust_instructions(files, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+    return EXIT_OK
+
+
+async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path | None = None,
+                 listeners: Sequence[Any] = ()) -> None:
+    """Serve each (app, host, port), and start each other listener (`start() -> (host,
+    port)`, `stop()`: the forward proxy), until SIGINT or SIGTERM; SIGHUP, and a change to
+    the `watch` file, call `on_hangup`."""
     from aiohttp import web
 
     stop = asyncio.Event()
@@ -275,16 +373,24 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path |
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     watcher = asyncio.create_task(_watch(watch, on_hangup, stop)) if watch is not None else None
     runners = []
+    started: list[Any] = []
     try:
         for app, host, port in apps:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port).start()
+        for listener in listeners:
+            started.append(listener)
+            host, port = await listener.start()
+            print(f"agent-firewall: forward proxy listening on http://{host}:{port} "
+                  f"(agents: HTTPS_PROXY=http://{host}:{port})", file=sys.stderr)
         await stop.wait()
     finally:
         if watcher is not None:
             watcher.cancel()
+        for listener in reversed(started):
+            await listener.stop()
         for runner in reversed(runners):
             await runner.cleanup()
 

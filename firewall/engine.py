@@ -508,7 +508,8 @@ def _in_scope(rule: CompiledRule, exchange: Exchange) -> bool:
         speaker = exchange.agent
     listener = exchange.agent if exchange.direction is Direction.REQUEST else exchange.target_agent
     return (
-        (rule.agents is None or exchange.agent in rule.agents)
+        (rule.routes is None or exchange.route in rule.routes)
+        and (rule.agents is None or exchange.agent in rule.agents)
         and (rule.from_agents is None or speaker in rule.from_agents)
         and (rule.to_agents is None or listener in rule.to_agents)
     )

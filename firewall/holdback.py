@@ -79,7 +79,9 @@ class HoldBack:
     tail_words: int = 0  # span detectors (`detect:`): the last words, where a match may still be growing
 
     @classmethod
-    def for_policy(cls, policy: Policy) -> HoldBack:
+    def for_policy(cls, policy: Policy, route: str | None = None) -> HoldBack:
+        """What `policy` holds back in a stream of wire format `route` (None: any route;
+        rules scoped to other routes are left out)."""
         spec = policy.stream
         if spec.holdback is not None:
             return cls(cap=spec.max_holdback, fixed=min(spec.holdback, spec.max_holdback))
@@ -90,7 +92,7 @@ class HoldBack:
         gated = True
         tail_words = 0
         for rule in policy.rules:
-            if not acts_mid_stream(rule):
+            if not acts_mid_stream(rule) or (route is not None and rule.routes is not None and route not in rule.routes):
                 continue
             gated = gated and bool(rule.lists or rule.patterns or rule.near) and rule.condition is None \
                 and not rule.thresholds

@@ -65,7 +65,29 @@ class _EmbeddedJson:
 
 EMBEDDED_JSON: Final = _EmbeddedJson()
 
-PathItem = str | int | _EmbeddedJson
+
+class _Earlier:
+    """Path marker, always first: the part is not in this body but in an earlier turn the
+    request continues by id (OpenAI Responses' `previous_response_id`), put in front so
+    that rules see the conversation (firewall/agents/turns.py). No rewrite targets it."""
+
+    _instance: _Earlier | None = None
+
+    def __new__(cls) -> _Earlier:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "EARLIER"
+
+    def __reduce__(self) -> str:
+        return "EARLIER"
+
+
+EARLIER: Final = _Earlier()
+
+PathItem = str | int | _EmbeddedJson | _Earlier
 Path = tuple[PathItem, ...]
 
 

@@ -95,7 +95,7 @@ class StreamGuard:
 
         self._reader = reader
         self._policy = engine.policy
-        self._holdback = holdback or HoldBack.for_policy(engine.policy)
+        self._holdback = holdback or HoldBack.for_policy(engine.policy, request.route)
         self._context = dataclasses.replace(request, direction=Direction.RESPONSE, messages=(), body={}, raw=b"",
                                             stream=True)
         self._decoder = SSEDecoder()
@@ -174,7 +174,10 @@ class StreamGuard:
     # -- inspecting ---------------------------------------------------------------------
 
     def _inspect(self, *, final: bool) -> None:
-        fresh = [c for c in self._channels.values() if len(c.text) > c.inspected and c.cut is None]
+        # A match held open at the end of a channel's text ("kill" may become "killing") is
+        # decided at the end of the stream even if that channel got nothing more since.
+        fresh = [c for c in self._channels.values()
+                 if (len(c.text) > c.inspected or (final and c.open_from is not None)) and c.cut is None]
         if fresh and self._block is None:
             windows: list[tuple[_Channel, int]] = []
             for channel in fresh:
@@ -307,7 +310,12 @@ class StreamGuard:
         changed = [(piece, self._released_text(piece)) for piece in held.pieces]
         changed = [(piece, text) for piece, text in changed if text != piece.delta.text]
         if not changed:
-            return held.event.raw
+            # An event may state again, whole, a text earlier events streamed (OpenAI
+            # Responses' `*.done` events and `response.completed`): a reader that has such
+            # events re-renders them with the text as the client received it.
+            restate = getattr(self._reader, "restate", None)
+            restated = restate(held.event) if restate is not None else None
+            return held.event.raw if restated is None else restated
         data = held.event.json
         for piece, text in changed:
             data = set_at(data, piece.delta.path, text)

@@ -75,6 +75,15 @@ class AgentGuard:
         if status.quarantined:
             admission.refusal = Refusal(403, "quarantine", _quarantined(status), "agent_quarantined")
             return admission
+        declared = exchange.source_agent
+        if declared is not None and declared != agent:
+            # The words' declared author (the caller of an agent fronted over A2A, or an
+            # X-Agent-Source): a quarantined agent's words reach no other agent.
+            source = await self.quarantine.status(declared)
+            if source.quarantined:
+                admission.refusal = Refusal(403, "quarantine:source", f"the request carries words of agent "
+                                            f"{declared!r}: {_quarantined(source)}", "source_quarantined")
+                return admission
         if status.state == "throttle" and await self.quarantine.throttled(agent):
             rate = self.policy.spec.quarantine.throttle_rate
             admission.refusal = Refusal(429, "throttle", f"agent {agent!r} is throttled ({status.reason}): at most "

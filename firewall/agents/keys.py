@@ -2,7 +2,8 @@
 firewall, not the agent, holds the provider's key.
 
 An agent sets its SDK's API key to its firewall key (`afw_…`); the SDK sends it as
-`Authorization: Bearer afw_…` (OpenAI) or `x-api-key: afw_…` (Anthropic). The policy
+`Authorization: Bearer afw_…` (OpenAI), `x-api-key: afw_…` (Anthropic) or
+`x-goog-api-key: afw_…` (Gemini). The policy
 stores only each key's SHA-256 (`sha256:<hex>`), so a leaked policy file leaks no key.
 A presented key is hashed, and the hash is looked up by its HMAC under a secret drawn when
 the policy is loaded: how long the lookup takes depends on that HMAC, which no requester
@@ -54,6 +55,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     scheme, _, credential = authorization.partition(" ")
     candidates = [credential.strip()] if scheme.lower() == "bearer" else []
     candidates.append(headers.get("x-api-key", "").strip())
+    candidates.append(headers.get("x-goog-api-key", "").strip())
     return next((value for value in candidates if value.startswith(KEY_PREFIX)), None)
 
 

@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - Windows
 GENESIS: Final = "0" * 64
 REDACTED: Final = "[REDACTED]"
 SECRET_KEYS: Final = frozenset(
-    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie", "set-cookie"}
+    {"authorization", "proxy-authorization", "x-api-key", "x-goog-api-key", "api-key", "cookie", "set-cookie"}
 )
 
 ROTATION_EVENT: Final = "audit_rotated"

@@ -31,6 +31,9 @@ CEL_FUNCTIONS = frozenset({"mentions", "near", "pattern"})
 KNOWN_DETECTORS = frozenset({"toxicity", "pii", "secrets", "injection", "semantic"})
 
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+# The wire formats' names, for `routes:` (a literal list: the protocols import the policy
+# package's neighbours, and a rule's scope is checked without loading them).
+_ROUTES = frozenset({"openai_chat", "openai_responses", "anthropic_messages", "gemini_generate_content", "mcp", "a2a"})
 _SCORE_REFERENCE = re.compile(r"\bscores\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
 
 
@@ -44,6 +47,7 @@ class CompiledRule(NamedTuple):
     from_agents: frozenset[str] | None
     to_agents: frozenset[str] | None
     agents: frozenset[str] | None
+    routes: frozenset[str] | None  # wire format names; None: every route
     roles: frozenset[str] | None
     lists: tuple[str, ...]
     patterns: tuple[str, ...]
@@ -313,6 +317,8 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         problems.append(where.problem((*loc, "action"), "a tag action names its tag: {tag: name}"))
     if rule.respond is not None and rule.action.kind is not Action.BLOCK:
         problems.append(where.problem((*loc, "respond"), "'respond' only applies to a block action"))
+    for route in sorted(set(rule.routes or ()) - _ROUTES):
+        problems.append(where.problem((*loc, "routes"), f"unknown route {route!r}: one of {', '.join(sorted(_ROUTES))}"))
     if len(problems) > before:
         return None
 
@@ -325,6 +331,7 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         from_agents=frozenset(rule.from_) if rule.from_ is not None else None,
         to_agents=frozenset(rule.to) if rule.to is not None else None,
         agents=frozenset(rule.agents) if rule.agents is not None else None,
+        routes=frozenset(rule.routes) if rule.routes is not None else None,
         roles=frozenset(match.roles) if match and match.roles else None,
         lists=lists,
         patterns=patterns,

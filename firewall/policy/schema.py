@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from firewall.agents.drift import DriftSpec
 from firewall.agents.lineage import LineageSpec
+from firewall.forward.hosts import ForwardSpec
 from firewall.model import Action, Mode
 
 RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
@@ -220,6 +221,9 @@ class RuleSpec(_Strict):
     from_: list[str] | None = Field(default=None, alias="from")
     to: list[str] | None = None
     agents: list[str] | None = None
+    # The wire formats the rule applies to (openai_chat, mcp, a2a, ...): unlike a condition on
+    # `route` in `if:`, known when a stream starts, so a rule for MCP holds back no LLM stream.
+    routes: list[str] | None = None
     match: MatchSpec | None = None
     if_: str | None = Field(default=None, alias="if")
     action: ActionSpec
@@ -303,6 +307,7 @@ class PolicySpec(_Strict):
     patterns: dict[str, str] = {}
     detectors: dict[str, DetectorSpec] = {}
     stream: StreamSpec = StreamSpec()
+    forward: ForwardSpec = ForwardSpec()  # forward mode (HTTPS_PROXY): the hosts inspected
     rules: list[RuleSpec] = []
     tests: list[PolicyTest] = []
 

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from typing import Final
 
+from firewall.protocols.a2a import A2A
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.base import BodyShapeError, ParsedRequest, WireFormat
+from firewall.protocols.gemini import GeminiGenerateContent
+from firewall.protocols.mcp import McpStreamableHttp
 from firewall.protocols.openai_chat import OpenAIChat
+from firewall.protocols.openai_responses import OpenAIResponses
 
 __all__ = [
+    "A2A",
     "WIRE_FORMATS",
     "AnthropicMessages",
     "BodyShapeError",
+    "GeminiGenerateContent",
+    "McpStreamableHttp",
     "OpenAIChat",
+    "OpenAIResponses",
     "ParsedRequest",
     "WireFormat",
     "wire_format_for_path",
 ]
 
-WIRE_FORMATS: Final[tuple[WireFormat, ...]] = (OpenAIChat(), AnthropicMessages())
+WIRE_FORMATS: Final[tuple[WireFormat, ...]] = (OpenAIChat(), OpenAIResponses(), AnthropicMessages(), GeminiGenerateContent(), McpStreamableHttp(), A2A())
 
 
 def wire_format_for_path(path: str) -> WireFormat | None:

@@ -86,8 +86,33 @@ class StreamReader(Protocol):
         """The tool calls seen so far: [{"channel", "id", "name"}], for the audit record."""
         ...
 
+    # Optional: `restate(event) -> bytes | None`. An event that states again, whole, a text
+    # earlier events streamed (OpenAI Responses' `*.done` events and `response.completed`)
+    # is re-rendered with the text as the client received it (None: pass it as it came).
+    # The StreamGuard calls it, when the reader has it, for every event it passes unchanged.
+
 
 class WireFormat(Protocol):
+    """One provider's or protocol's request and answer shapes.
+
+    Optional members, which the listeners look up with getattr (a format without them gets
+    the LLM-call behaviour; each is tested with the format that needs it):
+
+    - `peer -> str | None`: the agent the route fronts (A2A): the exchange's agent is then
+      that agent, and the caller is its source and target.
+    - `upstream_path(route) -> str`: where the request goes on the upstream (default: the
+      route itself).
+    - `error_status(status) -> int`: the HTTP status to send a firewall error with
+      (JSON-RPC: 200, the error is in the body).
+    - `forwarded_methods -> frozenset[str]`: HTTP methods other than POST that the route
+      passes through uninspected and recorded (MCP's DELETE, A2A's Agent Card GET); others
+      get 405.
+    - `rewrite_passed(status, data, url, upstream) -> bytes`: what such a passed answer
+      becomes (the Agent Card's endpoint pointed at the firewall).
+    - `continues(body) -> str | None` and `turn_ids(body)`: turns named by id rather than
+      resent (OpenAI Responses' previous_response_id): see firewall/agents/turns.py.
+    """
+
     name: str  # openai_chat | anthropic_messages | ...
     provider: str  # the upstream it goes to (a name of ProxyConfig.upstreams): openai | anthropic | ...
     path: str  # the route, e.g. /v1/chat/completions (a pattern's description for parameterised routes)

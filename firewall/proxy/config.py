@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com",
+                     "gemini": "https://generativelanguage.googleapis.com"}
 
 
 class ProxyConfig(BaseModel):
@@ -25,7 +26,7 @@ class ProxyConfig(BaseModel):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
     # The provider keys the firewall sends upstream for agents that authenticate with
-    # their own firewall keys (by upstream name: openai, anthropic).
+    # their own firewall keys (by upstream name: openai, anthropic, gemini).
     provider_keys: dict[str, SecretStr] = Field(default_factory=dict)
     # Where agent state lives: "memory" (this process) or a redis:// URL (shared).
     state: str = "memory"

@@ -26,17 +26,20 @@ from firewall.agents import HOW_TO_IDENTIFY, Identity, IdentityError, IdentityRe
 from firewall.agents.guard import Admission, AgentGuard
 from firewall.agents.keys import KEY_PREFIX
 from firewall.agents.state import StateBackend, StateUnavailable, open_state
+from firewall.agents.turns import ContinuesTurns, Recalled, StreamTurnIds, TurnMemory, as_forwarded, in_body, streamed_messages
 from firewall.audit.record import agent_record, event_record, exchange_record, stream_record
 from firewall.engine import Engine
-from firewall.model import Action, Decision, Direction, Exchange
+from firewall.model import Action, Decision, Direction, Exchange, Message
 from firewall.policy import Policy
-from firewall.protocols import BodyShapeError, WireFormat, wire_format_for_path
+from firewall.protocols import WIRE_FORMATS, BodyShapeError, WireFormat, wire_format_for_path
 from firewall.protocols._json import DuplicateKeyError, loads_strict
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
 from firewall.proxy.metrics import Metrics
 from firewall.holdback import HoldBack, acts_mid_stream
+from firewall.message_stream import MessageStreamGuard
+from firewall.protocols.messages import MessageStreamReader
 from firewall.stream import StreamGuard
 
 TAGS_HEADER = "X-Firewall-Tags"
@@ -82,10 +85,14 @@ class _Runtime:
     policy: Policy
     engine: Engine
     window_engine: Engine
-    holdback: HoldBack
+    holdback: HoldBack  # for any route
+    holdbacks: dict[str, HoldBack]  # per wire format: rules scoped to other routes hold nothing back
     identities: IdentityResolver
     guard: AgentGuard
     slow: ThreadPoolExecutor | None
+
+    def holdback_for(self, route: str) -> HoldBack:
+        return self.holdbacks.get(route, self.holdback)
 
     @classmethod
     def build(cls, policy: Policy, config: ProxyConfig, state: StateBackend) -> _Runtime:
@@ -94,6 +101,7 @@ class _Runtime:
             engine=Engine(policy),
             window_engine=Engine(policy, only=acts_mid_stream),
             holdback=HoldBack.for_policy(policy),
+            holdbacks={wire.name: HoldBack.for_policy(policy, wire.name) for wire in WIRE_FORMATS},
             identities=IdentityResolver(policy.agents, header=config.agent_header, spec=policy.spec.identity),
             guard=AgentGuard(policy, state),
             # Inspections that may wait (on a judge, on a large model) run on threads; the
@@ -115,6 +123,8 @@ class _Call:
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    context: Recalled | None = None  # the earlier turn the request continues by id, if it names one
+    said: tuple[Message, ...] = ()  # a continuable request's own messages as forwarded (earlier turns not included)
 
 
 class Firewall:
@@ -124,6 +134,7 @@ class Firewall:
         self.config = config
         self.audit = audit
         self.state = open_state(config.state)
+        self.turns = TurnMemory(self.state)
         self.metrics = Metrics()
         self._runtime = _Runtime.build(policy, config, self.state)
         self._runtimes = [self._runtime]  # every one built, for their executors at shutdown
@@ -197,13 +208,24 @@ class Firewall:
             log.exception("deferred lineage records could not be written")
 
     async def _handle(self, request: web.Request, call: _Call, guess: WireFormat) -> web.StreamResponse:
+        if any(value.strip().startswith(KEY_PREFIX) for value in request.query.values()):
+            # Forwarded as it is, the query would carry the key upstream (Gemini's REST
+            # examples put the API key in ?key=): refused, never forwarded nor swapped.
+            return self._refuse(call, guess, 400, "a firewall key (afw_…) in the query string is not accepted: send it "
+                                "in a header (x-goog-api-key, x-api-key or Authorization: Bearer)", event="key_in_query")
         try:
             call.identity = call.rt.identities.resolve(request.path, request.headers)
         except IdentityError as error:
             return self._refuse(call, guess, error.status, str(error),
                                 event="unauthenticated" if error.status == 401 else "bad_identity")
         identity = call.identity
-        wire = wire_format_for_path(identity.path) if request.method == "POST" else None
+        wire = wire_format_for_path(identity.path)
+        if wire is not None and request.method != "POST":
+            # A format may own more of its route than POST (MCP: DELETE ends a session).
+            forwarded = getattr(wire, "forwarded_methods", None)
+            if forwarded is not None:
+                return await self._other_method(request, call, wire, forwarded)
+            wire = None
         if wire is None:
             return await self._unknown_route(request, call, guess)
         call.wire = wire
@@ -238,11 +260,25 @@ class Firewall:
                                 + HOW_TO_IDENTIFY.format(header=self.config.agent_header)
                                 + " (or set identity.unidentified: allow in the policy)", event="unidentified")
 
+        agent, source, target = identity.agent, identity.source, identity.target
+        peer = getattr(wire, "peer", None)
+        if peer is not None:
+            # A route to another agent (A2A): that agent hears the request and says the answer;
+            # the caller speaks, and the answer is for it. No header can name another speaker.
+            declared = {name for name in (source, target) if name is not None and name != agent}
+            if declared:
+                return self._refuse(call, wire, 400, f"on a route to agent {peer!r} the calling agent ({agent!r}) is the "
+                                    f"source of what it sends and the target of the answer; remove the header that "
+                                    f"names {', '.join(sorted(declared))}", event="bad_identity")
+            agent, source, target = peer, identity.agent, identity.agent
         exchange = Exchange(
             id=call.id, direction=Direction.REQUEST, provider=wire.provider, route=wire.name,
-            messages=parsed.messages, model=parsed.model, agent=identity.agent, source_agent=identity.source,
-            target_agent=identity.target, stream=parsed.stream, body=body, raw=raw, trace_id=identity.trace_id,
+            messages=parsed.messages, model=parsed.model, agent=agent, source_agent=source,
+            target_agent=target, stream=parsed.stream, body=body, raw=raw, trace_id=identity.trace_id,
         )
+        exchange, refused = await self._earlier_turns(call, wire, exchange)
+        if refused is not None:
+            return refused
         refused = await self._admit(call, wire, exchange)
         if refused is not None:
             return refused
@@ -255,12 +291,43 @@ class Firewall:
             call.source = source
             call.tags.append(AI_TO_AI_TAG)
         decision = await self._inspect(call, exchange)
-        await self._agents(call, call.rt.guard.after_request(exchange, decision, call.admission))
+        await self._agents(call, call.rt.guard.after_request(_author(wire, exchange), decision, call.admission))
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
-        if decision.rewrites:
-            raw = orjson.dumps(wire.apply_rewrites(body, decision.rewrites))
+        if isinstance(wire, ContinuesTurns):
+            earlier = len(call.context.messages) if call.context is not None else 0
+            call.said = as_forwarded(exchange.messages[earlier:], decision.rewrites)
+        rewrites = in_body(decision.rewrites)  # an earlier turn's part is not in this body
+        if rewrites:
+            raw = orjson.dumps(wire.apply_rewrites(body, rewrites))
         return await self._forward(request, call, wire, exchange, raw)
+
+    # -- earlier turns the body only names (firewall/agents/turns.py) ----------------
+
+    async def _earlier_turns(self, call: _Call, wire: WireFormat,
+                             exchange: Exchange) -> tuple[Exchange, web.Response | None]:
+        """A request that continues earlier turns by id (OpenAI Responses'
+        `previous_response_id`) does not carry them: what this firewall saw of them goes
+        in front of its messages, so that rules see the conversation. The request's audit
+        record says which turn it continued (`context`), and when that turn is unknown."""
+        turn_id = wire.continues(exchange.body) if isinstance(wire, ContinuesTurns) else None
+        if turn_id is None:
+            return exchange, None
+        try:
+            call.context = await self.turns.recall(wire.name, turn_id)
+        except StateUnavailable as error:
+            return exchange, self._state_unavailable(call, wire, exchange, error)
+        return dataclasses.replace(exchange, messages=(*call.context.messages, *exchange.messages)), None
+
+    async def _remember_turn(self, call: _Call, wire: WireFormat, request: Exchange, turn_ids: tuple[str, ...],
+                             said: tuple[Message, ...]) -> list[dict[str, Any]]:
+        """Keep this turn (the request as forwarded, the answer `said` as the client received
+        it) under the ids a later request may continue it by, after the turns it continued.
+        Run through `_agents`: state that cannot be written is recorded, not fatal."""
+        if turn_ids and isinstance(wire, ContinuesTurns):
+            await self.turns.remember(wire.name, turn_ids, (*call.said, *said), after=call.context, agent=request.agent,
+                                      ttl=call.rt.policy.spec.lineage.ttl)
+        return []
 
     # -- agents ---------------------------------------------------------------------
 
@@ -276,7 +343,7 @@ class Firewall:
         refusal = call.admission.refusal
         if refusal is None:
             return None
-        await self._agents(call, call.rt.guard.after_request(exchange, None, call.admission))
+        await self._agents(call, call.rt.guard.after_request(_author(wire, exchange), None, call.admission))
         return self._refuse(call, wire, refusal.status, refusal.message, event=refusal.code, rules=(refusal.rule,),
                             code=refusal.code)
 
@@ -324,12 +391,15 @@ class Firewall:
         self.metrics.decided(exchange.direction, decision)
         if decision.action is not Action.BLOCK:
             call.tags.extend(tag for tag in decision.tags if tag not in call.tags)
-        self._record(exchange_record(
+        record = exchange_record(
             exchange, decision, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256,
             identified_by=call.identity.how if call.identity else None,
             timings={**call.timings, "elapsed": time.perf_counter() - call.started}, status=status,
             messages=call.rt.policy.spec.audit.messages,
-        ))
+        )
+        if call.context is not None and exchange.direction is Direction.REQUEST:
+            record["context"] = call.context.audit()  # the earlier turn it continued, or that it is unknown
+        self._record(record)
         return decision
 
     def record(self, record: dict[str, Any]) -> None:
@@ -358,7 +428,7 @@ class Firewall:
                 return self._respond(call, 200, wire.render_stream(body), content_type="text/event-stream")
             return self._respond(call, 200, orjson.dumps(body))
         message = f"blocked by agent-firewall: rule {rule}{reason} (exchange {call.id})"
-        return self._respond(call, 403, orjson.dumps(wire.error_body(403, message, code="firewall_blocked")))
+        return self._respond(call, _error_status(wire, 403), orjson.dumps(wire.error_body(403, message, code="firewall_blocked")))
 
     def _refuse(self, call: _Call, wire: WireFormat, status: int, message: str, *, event: str,
                 direction: str = "request", rules: tuple[str, ...] = (), code: str | None = None) -> web.Response:
@@ -369,7 +439,7 @@ class Firewall:
             rules=rules,
         ))
         body = wire.error_body(status, f"agent-firewall: {message}", **({"code": code} if code else {}))
-        return self._respond(call, status, orjson.dumps(body))
+        return self._respond(call, _error_status(wire, status), orjson.dumps(body))
 
     def _respond(self, call: _Call, status: int, body: bytes, *, content_type: str = "application/json",
                  headers: Iterable[tuple[str, str]] = ()) -> web.Response:
@@ -391,7 +461,7 @@ class Firewall:
         upstream = self.config.upstreams.get(wire.provider)
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
-        url = upstream + _upstream_path(call.identity, request)
+        url = upstream + _upstream_path(call.identity, request, wire)
         headers = self._upstream_headers(call, wire, request.headers)
         if headers is None:
             return self._no_provider_key(call, wire)
@@ -425,7 +495,12 @@ class Firewall:
                       upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         """Relay a streamed answer through one StreamGuard: text reaches the client only
         once checked; a block or a broken upstream ends the stream in the SDK's terms."""
-        guard = StreamGuard(call.rt.engine, wire.stream_reader(), exchange, call.rt.holdback, call.rt.window_engine)
+        reader = wire.stream_reader()
+        # Events that each carry a whole message (MCP) are decided whole, one by one; text
+        # that grows a few characters per event is held back only as far as the rules need.
+        guard: StreamGuard | MessageStreamGuard = (
+            MessageStreamGuard(call.rt.engine, reader, exchange) if isinstance(reader, MessageStreamReader)
+            else StreamGuard(call.rt.engine, reader, exchange, call.rt.holdback_for(wire.name), call.rt.window_engine))
         if guard.at_start.action is Action.BLOCK:
             await self._record_stream(call, wire, exchange, guard, note="blocked before the first event")
             return self._blocked(call, wire, exchange, guard.at_start)
@@ -460,6 +535,10 @@ class Firewall:
             note = "the client went away mid-stream"
         finally:
             await self._record_stream(call, wire, exchange, guard, note=note)
+            if isinstance(reader, StreamTurnIds):
+                outcome = guard.outcome()
+                said = streamed_messages(outcome.released_text, outcome.tool_calls)
+                await self._agents(call, self._remember_turn(call, wire, exchange, reader.turn_ids(), said))
         return response
 
     async def _send(self, response: web.StreamResponse, call: _Call, data: bytes) -> None:
@@ -471,7 +550,7 @@ class Firewall:
         except ConnectionResetError as error:  # aiohttp's own subclasses this too
             raise _ClientGone from error
 
-    async def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard,
+    async def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard | MessageStreamGuard,
                              *, note: str | None) -> None:
         outcome = guard.outcome()
         self.metrics.holdback_chars.observe(outcome.holdback_max)
@@ -490,7 +569,8 @@ class Firewall:
         if status != 200:
             # Provider errors carry no model output; they pass through, and are recorded.
             self._record(event_record(
-                call.id, event="upstream_error", agent=request_exchange.agent, route=wire.name, status=status,
+                call.id, event="upstream_accepted" if status in (202, 204) else "upstream_error",
+                agent=request_exchange.agent, route=wire.name, status=status,
                 error=data[:300].decode("utf-8", "replace"), policy_name=call.rt.policy.name,
                 policy_sha256=call.rt.policy.sha256, direction="response", action="allow",
             ))
@@ -512,6 +592,10 @@ class Firewall:
         decision = await self._inspect(call, exchange, status=status)
         said = "\n".join(message.text for message in messages if message.role == "assistant")
         await self._agents(call, call.rt.guard.after_response(request_exchange, decision, said, call.admission))
+        if isinstance(wire, ContinuesTurns):
+            # A blocked answer never reached the client: only the request is remembered.
+            answered = () if decision.action is Action.BLOCK else as_forwarded(messages, decision.rewrites)
+            await self._agents(call, self._remember_turn(call, wire, request_exchange, wire.turn_ids(body), answered))
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
         if decision.rewrites:
@@ -523,9 +607,31 @@ class Firewall:
         if call.rt.policy.defaults.unknown_routes == "refuse":
             return self._refuse(call, wire, 404,
                                 f"{request.method} {request.path} is not a route the firewall inspects "
-                                "(inspected: POST /v1/chat/completions, POST /v1/messages); "
+                                f"(inspected: POST {', POST '.join(wire.path for wire in WIRE_FORMATS)}); "
                                 "set defaults.unknown_routes: forward in the policy to pass it through uninspected",
                                 event="unknown_route")
+        return await self._pass_through(request, call, wire, event="uninspected_route",
+                                        note="forwarded uninspected (defaults.unknown_routes: forward)")
+
+    async def _other_method(self, request: web.Request, call: _Call, wire: WireFormat,
+                            forwarded: frozenset[str]) -> web.Response:
+        """A method other than POST on a format's own route. One the format lists in
+        `forwarded_methods` carries no body to inspect: forwarded, recorded. Any other is
+        answered 405 (MCP: a GET would open a server-to-client stream no rule could read)."""
+        call.wire = wire
+        if request.method in forwarded:
+            return await self._pass_through(request, call, wire, event="uninspected_method",
+                                            note=f"{request.method} carries no body to inspect; forwarded as it is")
+        allowed = ", ".join(["POST", *sorted(forwarded)])
+        message = f"agent-firewall: {request.method} {request.path} is not allowed (allowed: {allowed})"
+        self._record(event_record(
+            call.id, event="method_not_allowed", agent=call.identity.agent if call.identity else None, route=wire.name,
+            status=405, error=message, policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256,
+        ))
+        return self._respond(call, 405, orjson.dumps(wire.error_body(405, message)), headers=[("Allow", allowed)])
+
+    async def _pass_through(self, request: web.Request, call: _Call, wire: WireFormat, *, event: str,
+                            note: str) -> web.Response:
         upstream = self.config.upstreams.get(wire.provider)
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
@@ -535,7 +641,7 @@ class Firewall:
             return self._no_provider_key(call, wire)
         try:
             async with self._session(wire.provider).request(
-                request.method, upstream + _upstream_path(call.identity, request), data=raw or None,
+                request.method, upstream + _upstream_path(call.identity, request, wire), data=raw or None,
                 headers=headers, allow_redirects=False,
             ) as response:
                 data, status = await response.read(), response.status
@@ -543,9 +649,17 @@ class Firewall:
         except (TimeoutError, aiohttp.ClientError) as error:
             return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
                                 event="upstream_unreachable", direction="response")
+        # A format may rewrite what passes (A2A: the Agent Card's endpoint points at the firewall).
+        rewrite = getattr(wire, "rewrite_passed", None)
+        if rewrite is not None:
+            try:
+                data = rewrite(status, data, str(request.url), upstream)
+            except BodyShapeError as error:
+                return self._refuse(call, wire, 502, f"the {wire.provider} upstream sent an answer the firewall cannot "
+                                    f"pass on: {error}", event="bad_upstream_response", direction="response")
         self._record(event_record(
-            call.id, event="uninspected_route", agent=call.identity.agent if call.identity else None,
-            route=f"{request.method} {request.path}", status=status, error="forwarded uninspected (defaults.unknown_routes: forward)",
+            call.id, event=event, agent=call.identity.agent if call.identity else None,
+            route=f"{request.method} {request.path}", status=status, error=note,
             policy_name=call.rt.policy.name, policy_sha256=call.rt.policy.sha256, action="allow",
         ))
         return self._respond(call, status, data, headers=headers)
@@ -564,7 +678,7 @@ class Firewall:
                 if not swap or provider_key is None:
                     continue
                 value = "Bearer " + provider_key.get_secret_value()
-            elif lower == "x-api-key" and value.strip().startswith(KEY_PREFIX):
+            elif lower in ("x-api-key", "x-goog-api-key") and value.strip().startswith(KEY_PREFIX):
                 if not swap or provider_key is None:
                     continue
                 value = provider_key.get_secret_value()
@@ -608,7 +722,7 @@ def _has_slow_detectors(policy: Policy) -> bool:
     return any(getattr(getattr(detector, "inner", detector), "costly", False) for detector in policy.detectors.values())
 
 
-def _end(guard: StreamGuard, message: str) -> bytes:
+def _end(guard: StreamGuard | MessageStreamGuard, message: str) -> bytes:
     """End a stream with an error event after a failure, whatever state the guard is in."""
     try:
         return guard.fail(message)
@@ -621,14 +735,31 @@ def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
     return [(key, value) for key, value in headers.items() if key.lower() not in _HOP_BY_HOP]
 
 
-def _upstream_path(identity: Identity | None, request: web.Request) -> str:
+def _author(wire: WireFormat, exchange: Exchange) -> Exchange:
+    """The request as the guard counts its author's conduct: on a route to another agent
+    (A2A) the caller wrote it (the exchange's source), not the agent it is sent to."""
+    return dataclasses.replace(exchange, agent=exchange.source_agent) if getattr(wire, "peer", None) else exchange
+
+
+def _error_status(wire: WireFormat, status: int) -> int:
+    """The HTTP status of an error of the firewall's own: a JSON-RPC format may send its
+    errors with 200, as its servers do, for its client to raise them with their message."""
+    adjust = getattr(wire, "error_status", None)
+    return adjust(status) if adjust is not None else status
+
+
+def _upstream_path(identity: Identity | None, request: web.Request, wire: WireFormat) -> str:
     path = identity.path if identity else request.path
+    # A format whose route is not the upstream's path says where it goes (A2A: /a2a/<agent>/x -> /x).
+    reroute = getattr(wire, "upstream_path", None)
+    if reroute is not None:
+        path = reroute(path)
     return f"{path}?{request.query_string}" if request.query_string else path
 
 
 def _guess_wire(path: str) -> WireFormat:
     """The wire format whose error shape to use for a request it cannot be sure of."""
-    return _ANTHROPIC if "/v1/messages" in path or "/v1/complete" in path else _OPENAI
+    return wire_format_for_path(path) or (_ANTHROPIC if "/v1/messages" in path or "/v1/complete" in path else _OPENAI)
 
 
 __all__ = ["AI_TO_AI_TAG", "EXCHANGE_HEADER", "SOURCE_HEADER", "TAGS_HEADER", "AuditSink", "Firewall"]

@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +270,10 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/responses", _Responses.handler(self))
+        for method, stream in (("generateContent", False), ("streamGenerateContent", True)):
+            app.router.add_post(r"/{version:v1|v1beta|v1alpha}/{model:(?:models|tunedModels)/[^/:]+}:" + method,
+                                _Gemini.handler(self, stream=stream))
         app.router.add_get("/_fake/requests", self._get_requests)
         app.router.add_post("/_fake/script", self._post_script)
         app.router.add_post("/_fake/reset", self._post_reset)
@@ -564,6 +568,194 @@ class _Anthropic(_Provider):
             },
         )
         yield _sse("message_stop", {"type": "message_stop"})
+
+
+class _Gemini(_Provider):
+    """Gemini generateContent and streamGenerateContent: the model and whether to stream
+    come from the route, the turns from `contents`. Chunks are whole
+    GenerateContentResponse objects, one per SSE event, as with `?alt=sse`."""
+
+    def __init__(self, fake: FakeUpstream, request: web.Request, raw: bytes, body: Any, *, model: str,
+                 stream: bool) -> None:
+        super().__init__(fake, request, raw, body)
+        self.model = model.removeprefix("models/")
+        self.stream = stream
+
+    @classmethod
+    def handler(cls, fake: FakeUpstream, *, stream: bool) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            raw, parsed = await fake._read(request)
+            return await cls(fake, request, raw, parsed, model=request.match_info["model"], stream=stream).respond()
+
+        return handle
+
+    async def respond(self) -> web.StreamResponse:
+        if isinstance(self.body, dict):
+            # The shared flow reads the model, the stream flag and the turns the OpenAI
+            # way; here the first two come from the route.
+            self.body = {**self.body, "model": self.model, "stream": self.stream,
+                         "messages": self._turns(self.body.get("contents"))}
+        return await super().respond()
+
+    @staticmethod
+    def _turns(contents: Any) -> list[dict[str, str]]:
+        """Each content as {role, content}; a turn with a function response is a tool
+        turn whose text is the response as JSON (so `when` sees tool results)."""
+        turns: list[dict[str, str]] = []
+        for content in contents if isinstance(contents, list) else ():
+            if not isinstance(content, dict):
+                continue
+            texts: list[str] = []
+            tool = False
+            for part in content.get("parts") or ():
+                if not isinstance(part, dict):
+                    continue
+                if isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                response = part.get("functionResponse", part.get("function_response"))
+                if isinstance(response, dict):
+                    tool = True
+                    texts.append(orjson.dumps(response.get("response")).decode())
+            role = "tool" if tool else "user" if content.get("role", "user") == "user" else "model"
+            turns.append({"role": role, "content": "\n".join(texts)})
+        return turns
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        statuses = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                    429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+        default = "INTERNAL" if status >= 500 else "INVALID_ARGUMENT"
+        return {"error": {"code": status, "message": message, "status": statuses.get(status, default)}}
+
+    def _parts(self, text: str | None, tool: str | None, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        if text is not None:
+            parts.append({"text": text})
+        if tool is not None:
+            parts.append({"functionCall": {"name": tool, "args": arguments}})
+        return parts
+
+    def _response(self, parts: list[dict[str, Any]], finished: bool, tokens: int) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        response: dict[str, Any] = {"candidates": [candidate]}
+        if finished:
+            # Gemini finishes a function call with STOP too: it has no tool-call reason.
+            candidate["finishReason"] = "STOP"
+            prompt = self.prompt_tokens()
+            response["usageMetadata"] = {"promptTokenCount": prompt, "candidatesTokenCount": tokens,
+                                         "totalTokenCount": prompt + tokens}
+        return {**response, "modelVersion": self.model, "responseId": f"fake{self.number:08d}"}
+
+    def completion(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self._response(self._parts(text, tool, arguments), True, _tokens(text, tool, arguments))
+
+    def events(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> Iterator[bytes]:
+        def chunk(parts: list[dict[str, Any]], finished: bool = False) -> bytes:
+            data = self._response(parts, finished, _tokens(text, tool, arguments))
+            return b"data: " + orjson.dumps(data) + b"\r\n\r\n"
+
+        for piece in self.text_pieces(text):
+            yield chunk([{"text": piece}])
+        if tool is not None:
+            yield chunk(self._parts(None, tool, arguments))  # a call arrives whole, never in pieces
+        yield chunk([{"text": ""}], finished=True)
+
+
+class _Responses(_Provider):
+    """OpenAI Responses: the turns come from `input` (a string, or items: messages, and
+    tool outputs as tool turns so `when` sees them). A stream is the API's typed events:
+    every text in deltas, then stated whole again when done, and the whole response last."""
+
+    @classmethod
+    def handler(cls, fake: FakeUpstream) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            raw, parsed = await fake._read(request)
+            return await cls(fake, request, raw, parsed).respond()
+
+        return handle
+
+    async def respond(self) -> web.StreamResponse:
+        if isinstance(self.body, dict):
+            self.body = {**self.body, "messages": self._turns(self.body.get("input"))}
+        return await super().respond()
+
+    @staticmethod
+    def _turns(given: Any) -> list[dict[str, Any]]:
+        if isinstance(given, str):
+            return [{"role": "user", "content": given}]
+        turns: list[dict[str, Any]] = []
+        for item in given if isinstance(given, list) else ():
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") in ("function_call_output", "custom_tool_call_output"):
+                turns.append({"role": "tool", "content": item.get("output")})
+            elif isinstance(item.get("role"), str):
+                turns.append({"role": item["role"], "content": item.get("content")})
+        return turns
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return _openai_error(status, message)
+
+    def _output(self, text: str | None, tool: str | None, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+        output: list[dict[str, Any]] = []
+        if text is not None:
+            output.append({"id": f"msg_fake{self.number:08d}", "type": "message", "role": "assistant",
+                           "status": "completed",
+                           "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+        if tool is not None:
+            output.append({"id": f"fc_fake{self.number:08d}", "type": "function_call", "status": "completed",
+                           "call_id": f"call_fake{self.number:08d}", "name": tool,
+                           "arguments": orjson.dumps(arguments).decode()})
+        return output
+
+    def _response(self, model: str, status: str, output: list[dict[str, Any]], tokens: int) -> dict[str, Any]:
+        prompt = self.prompt_tokens()
+        conversation = self.body.get("conversation")
+        if isinstance(conversation, str):
+            conversation = {"id": conversation}
+        return {
+            "id": f"resp_fake{self.number:08d}", "object": "response", "created_at": self.created, "status": status,
+            "error": None, "incomplete_details": None, "instructions": self.body.get("instructions"), "model": model,
+            "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": self.body.get("tools") or [],
+            "temperature": None, "top_p": None, "previous_response_id": self.body.get("previous_response_id"),
+            "conversation": conversation if isinstance(conversation, dict) else None,
+            "usage": None if status != "completed" else {
+                "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": tokens,
+                "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + tokens},
+        }
+
+    def completion(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> dict[str, Any]:
+        return self._response(model, "completed", self._output(text, tool, arguments), _tokens(text, tool, arguments))
+
+    def events(self, model: str, text: str | None, tool: str | None, arguments: dict[str, Any]) -> Iterator[bytes]:
+        numbers = itertools.count()
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return _sse(kind, {"type": kind, "sequence_number": next(numbers), **fields})
+
+        output = self._output(text, tool, arguments)
+        opening = self._response(model, "in_progress", [], 0)
+        yield event("response.created", response=opening)
+        yield event("response.in_progress", response=opening)
+        for index, item in enumerate(output):
+            at = {"item_id": item["id"], "output_index": index}
+            if item["type"] == "message":
+                part = item["content"][0]
+                yield event("response.output_item.added", output_index=index,
+                            item={**item, "status": "in_progress", "content": []})
+                yield event("response.content_part.added", **at, content_index=0, part={**part, "text": ""})
+                for piece in self.text_pieces(part["text"]):
+                    yield event("response.output_text.delta", **at, content_index=0, delta=piece, logprobs=[])
+                yield event("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
+                yield event("response.content_part.done", **at, content_index=0, part=part)
+            else:
+                yield event("response.output_item.added", output_index=index,
+                            item={**item, "status": "in_progress", "arguments": ""})
+                for piece in _pieces(item["arguments"]):
+                    yield event("response.function_call_arguments.delta", **at, delta=piece)
+                yield event("response.function_call_arguments.done", **at, arguments=item["arguments"])
+            yield event("response.output_item.done", output_index=index, item=item)
+        yield event("response.completed",
+                    response=self._response(model, "completed", output, _tokens(text, tool, arguments)))
 
 
 _OPENAI_ERROR_TYPES: Final = {

@@ -105,6 +105,12 @@ def test_secrets_never_reach_the_file(log: Path) -> None:
     assert first["request"]["api_key"] == REDACTED
 
 
+def test_every_provider_key_header_is_redacted() -> None:
+    headers = {"x-goog-api-key": "AIza-secret", "Proxy-Authorization": "Basic c2VjcmV0", "api_key": "k"}
+    redacted = redact_secrets(None, "write", {"request": {"headers": headers}})
+    assert set(redacted["request"]["headers"].values()) == {REDACTED}
+
+
 def test_redaction_does_not_touch_the_callers_record() -> None:
     record = _record(1)
     redacted = redact_secrets(None, "write", record)

@@ -336,10 +336,9 @@ def test_the_sdk_stream_accepts_a_rendered_stream() -> None:
     assert final.model_dump(exclude_none=True) == AnthropicMessage.model_validate(body).model_dump(exclude_none=True)
 
 
-def test_registry_holds_both_formats() -> None:
-    assert [f.name for f in WIRE_FORMATS] == ["openai_chat", "anthropic_messages"]
-    assert [f.provider for f in WIRE_FORMATS] == ["openai", "anthropic"]
-    assert wire_format_for_path("/v1/messages/") is WIRE_FORMATS[1]
+def test_registry_finds_the_messages_route_and_only_it() -> None:
+    assert [f.name for f in WIRE_FORMATS if f.provider == "anthropic"] == ["anthropic_messages"]
+    assert wire_format_for_path("/v1/messages/") is next(f for f in WIRE_FORMATS if f.name == "anthropic_messages")
     assert wire_format_for_path("/v1/messages/count_tokens") is None
 
 

@@ -152,6 +152,21 @@ def test_a_secret_split_over_many_events_is_redacted(default_policy):
     assert KEY[:12].encode() not in output
 
 
+def test_a_banned_word_that_ends_the_text_is_decided_when_the_stream_ends(default_policy):
+    # "murder" could still grow ("murderous") when it arrives, so it is held; nothing comes
+    # after it in its channel, and the end of the stream must decide it, not release it.
+    output, steps = run(guard(default_policy), openai_events(["Honestly, the best solution is to murder him", " in his sleep"]))
+    assert b"murder" not in output and b"content_filter" in output
+    output, _ = run(guard(default_policy), openai_events(["You should ", "murder"]))
+    assert b"murder" not in output and b"content_filter" in output
+
+
+def test_a_secret_that_ends_the_text_is_redacted_when_the_stream_ends(default_policy):
+    output, _ = run(guard(default_policy), openai_events(["my key is ", KEY]))
+    assert texts(output)["choices.0.content"] == "my key is [REDACTED:openai_key]"
+    assert KEY[:12].encode() not in output
+
+
 def test_a_secret_in_streamed_tool_call_arguments_is_redacted(default_policy):
     arguments = json.dumps({"to": "ops@example.com", "body": f"use {KEY} now"})
     fragments = [arguments[i:i + 7] for i in range(0, len(arguments), 7)]
