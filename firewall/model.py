@@ -66,6 +66,27 @@ class _EmbeddedJson:
 EMBEDDED_JSON: Final = _EmbeddedJson()
 
 
+class _EmbeddedText:
+    """Path marker: the value at this point is a text file's bytes in base64 (an A2A file
+    part, Gemini's inline data); reading decodes them as UTF-8, writing encodes again."""
+
+    _instance: _EmbeddedText | None = None
+
+    def __new__(cls) -> _EmbeddedText:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "EMBEDDED_TEXT"
+
+    def __reduce__(self) -> str:
+        return "EMBEDDED_TEXT"
+
+
+EMBEDDED_TEXT: Final = _EmbeddedText()
+
+
 class _Earlier:
     """Path marker, always first: the part is not in this body but in an earlier turn the
     request continues by id (OpenAI Responses' `previous_response_id`), put in front so
@@ -87,7 +108,7 @@ class _Earlier:
 
 EARLIER: Final = _Earlier()
 
-PathItem = str | int | _EmbeddedJson | _Earlier
+PathItem = str | int | _EmbeddedJson | _EmbeddedText | _Earlier
 Path = tuple[PathItem, ...]
 
 

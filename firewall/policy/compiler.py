@@ -31,9 +31,6 @@ CEL_FUNCTIONS = frozenset({"mentions", "near", "pattern"})
 KNOWN_DETECTORS = frozenset({"toxicity", "pii", "secrets", "injection", "semantic"})
 
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-# The wire formats' names, for `routes:` (a literal list: the protocols import the policy
-# package's neighbours, and a rule's scope is checked without loading them).
-_ROUTES = frozenset({"openai_chat", "openai_responses", "anthropic_messages", "gemini_generate_content", "mcp", "a2a"})
 _SCORE_REFERENCE = re.compile(r"\bscores\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
 
 
@@ -317,8 +314,10 @@ def _compile_rule(index: int, rule: Any, spec: PolicySpec, where: Any, problems:
         problems.append(where.problem((*loc, "action"), "a tag action names its tag: {tag: name}"))
     if rule.respond is not None and rule.action.kind is not Action.BLOCK:
         problems.append(where.problem((*loc, "respond"), "'respond' only applies to a block action"))
-    for route in sorted(set(rule.routes or ()) - _ROUTES):
-        problems.append(where.problem((*loc, "routes"), f"unknown route {route!r}: one of {', '.join(sorted(_ROUTES))}"))
+    if rule.routes:
+        known = _route_names()
+        for route in sorted(set(rule.routes) - known):
+            problems.append(where.problem((*loc, "routes"), f"unknown route {route!r}: one of {', '.join(sorted(known))}"))
     if len(problems) > before:
         return None
 
@@ -412,3 +411,11 @@ def _first_line(error: Exception) -> str:
 
 
 __all__ = ["CompiledRule", "Policy", "PolicyError", "compile_policy"]
+
+
+def _route_names() -> frozenset[str]:
+    """The registered wire formats' names (imported here: the protocols import modules
+    that import the policy package)."""
+    from firewall.protocols import WIRE_FORMATS
+
+    return frozenset(wire.name for wire in WIRE_FORMATS)

@@ -9,18 +9,24 @@ the untouched siblings are shared with the original, which is never mutated.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from firewall.model import EMBEDDED_JSON, Path, PathItem, Rewrite
+from firewall.model import EMBEDDED_JSON, EMBEDDED_TEXT, Path, PathItem, Rewrite
 from firewall.protocols.base import BodyShapeError
 
 __all__ = [
     "PathError",
     "apply_rewrites",
     "decode_embedded",
+    "decode_text_file",
+    "encode_text_file",
+    "is_text_media",
     "expect_object",
     "expect_str",
     "format_path",
@@ -42,6 +48,8 @@ def format_path(path: Path) -> str:
     for item in path:
         if item is EMBEDDED_JSON:
             out.append("<json>")
+        elif item is EMBEDDED_TEXT:
+            out.append("<base64>")
         elif isinstance(item, int):
             out.append(f"[{item}]")
         else:
@@ -55,6 +63,32 @@ def decode_embedded(text: str) -> Any:
     Every reader and writer of `EMBEDDED_JSON` goes through here, so what a wire format
     inspected and what a rewrite descends into are decoded the same way."""
     return orjson.loads(text)
+
+
+# Media types whose bytes are text a model reads (a file part's or inline data's type).
+_TEXT_MEDIA = re.compile(r"^(?:text/[\w.+-]+|application/(?:json|xml|yaml|x-yaml|x-ndjson|javascript|"
+                         r"[\w.-]+\+(?:json|xml)))\s*(?:;.*)?$", re.IGNORECASE)
+
+
+def is_text_media(media_type: Any) -> bool:
+    """Whether a file of this media type is text to inspect (text/*, JSON, XML, YAML)."""
+    return isinstance(media_type, str) and _TEXT_MEDIA.match(media_type) is not None
+
+
+def decode_text_file(data: str) -> str | None:
+    """The UTF-8 text of base64 `data` (standard or URL-safe alphabet), or None when it is
+    neither. Every reader and writer of `EMBEDDED_TEXT` goes through here and
+    `encode_text_file`."""
+    try:
+        raw = base64.b64decode(data, validate=True) if "-" not in data and "_" not in data else \
+            base64.urlsafe_b64decode(data)
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def encode_text_file(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
 def _encode_embedded(value: Any) -> str:
@@ -136,6 +170,13 @@ def optional_str(obj: dict[str, Any], key: str, where: Path) -> str | None:
 
 
 def _step(node: Any, item: PathItem, where: Path) -> Any:
+    if item is EMBEDDED_TEXT:
+        if not isinstance(node, str):
+            raise PathError(f"{format_path(where)}: expected base64 text, found {_kind(node)}")
+        text = decode_text_file(node)
+        if text is None:
+            raise PathError(f"{format_path(where)}: not base64 of UTF-8 text")
+        return text
     if item is EMBEDDED_JSON:
         if not isinstance(node, str):
             raise PathError(f"{format_path(where)}: expected a JSON string, found {_kind(node)}")
@@ -164,6 +205,8 @@ def _set(node: Any, path: Path, depth: int, value: Any) -> Any:
     new_child = _set(child, path, depth + 1, value)
     if item is EMBEDDED_JSON:
         return _encode_embedded(new_child)
+    if item is EMBEDDED_TEXT:
+        return encode_text_file(new_child)
     return _replace(node, item, new_child)
 
 
@@ -199,6 +242,8 @@ def _apply_tree(node: Any, tree: dict[Any, Any], where: Path) -> Any:
                 raise PathError(f"{format_path(where)}: rewrites both into and beside an embedded JSON string")
             decoded = _step(node, item, where)
             return _encode_embedded(_apply_tree(decoded, subtree, (*where, item)))
+        if item is EMBEDDED_TEXT:
+            return encode_text_file(_apply_tree(_step(node, item, where), subtree, (*where, item)))
         child = _step(node, item, where)
         new_child = _apply_tree(child, subtree, (*where, item))
         if copy is None:

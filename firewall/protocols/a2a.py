@@ -13,8 +13,10 @@ Both protocol versions the a2a-sdk speaks are read: 1.0 (`SendMessage`,
 `url`, `raw`) and 0.3 (`message/send`, `message/stream`, `tasks/get`..., parts with a
 `kind`). A response is read the same way in both: whatever Task, Message, status or
 artifact update it holds, wrapped (1.0) or not (0.3), every text of every part (and every
-string in a `data` part or a `metadata` map) becomes a `Part` at its exact path. Files
-(`url`, `raw`, `file`) are not text and are not inspected.
+string in a `data` part or a `metadata` map) becomes a `Part` at its exact path. A text
+file sent inline (`raw`, or 0.3's `file.bytes`, of a text media type) is read as its
+decoded text, and a redaction is written back in base64; other files (by `url`, or
+binary) are not text and are not inspected.
 
 What the caller sends is what it says to the fronted agent, whatever role the message
 claims: every request message is read with role `user`, so lineage looks all of it up. In
@@ -39,9 +41,16 @@ from urllib.parse import urlsplit
 import orjson
 
 from firewall.agents.identity import valid_agent_id
-from firewall.model import Message, Part, PartKind, Path, Rewrite
+from firewall.model import EMBEDDED_TEXT, Message, Part, PartKind, Path, Rewrite
 from firewall.protocols import _paths
-from firewall.protocols._paths import expect_object as _object, format_path, shape_error as _shape, string_leaves
+from firewall.protocols._paths import (
+    decode_text_file,
+    expect_object as _object,
+    format_path,
+    is_text_media,
+    shape_error as _shape,
+    string_leaves,
+)
 from firewall.protocols._sse import parse_events, render_event
 from firewall.protocols.base import BodyShapeError, ParsedRequest, StreamDelta, StreamEvent
 
@@ -370,7 +379,28 @@ def _parts(value: Any, where: Path, holder: tuple[str, str | None], out: list[_T
         if "data" in part:
             _leaves(part["data"], (*item_where, "data"), holder, out)
         _metadata(part, item_where, out, holder)
-        # url, raw (1.0) and file (0.3) are files: not text, nothing to inspect
+        _text_file(part, item_where, holder, out)
+
+
+def _text_file(part: dict[str, Any], where: Path, holder: tuple[str, str | None], out: list[_Text]) -> None:
+    """A text file sent inline (1.0: `raw` with a text `mediaType`; 0.3: a `file` with
+    `bytes` and a text `mimeType`) is read as text: otherwise it would carry words past
+    every rule. Such bytes that are not base64 of UTF-8 are refused, never passed on
+    unread. A file by `url`/`uri`, or of another media type, is not text."""
+    if isinstance(part.get("raw"), str):
+        media, data_where = part.get("mediaType"), (*where, "raw")
+        data = part["raw"]
+    elif isinstance(part.get("file"), dict) and isinstance(part["file"].get("bytes"), str):
+        media, data_where = part["file"].get("mimeType"), (*where, "file", "bytes")
+        data = part["file"]["bytes"]
+    else:
+        return
+    if not is_text_media(media):
+        return
+    text = decode_text_file(data)
+    if text is None:
+        raise _shape(data_where, f"base64 of UTF-8 text (the media type is {media})")
+    out.append(_Text(holder, Part(text, (*data_where, EMBEDDED_TEXT))))
 
 
 def _metadata(obj: dict[str, Any], where: Path, out: list[_Text], holder: tuple[str, str | None] = ("metadata", None),

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import orjson
 
-from firewall.model import Message, Part, PartKind, Path, Rewrite, ToolCall
+from firewall.model import EMBEDDED_TEXT, Message, Part, PartKind, Path, Rewrite, ToolCall
 from firewall.protocols import _paths
 from firewall.protocols._paths import (
     expect_object as _object,
@@ -159,7 +159,8 @@ def _proto_name(json_name: str) -> str:
 
 _PROTO_NAMES: Final = {
     name: _proto_name(name)
-    for name in ("contents", "systemInstruction", "parts", "text", "candidates", "content", *_STRUCTS, *_CODE)
+    for name in ("contents", "systemInstruction", "parts", "text", "candidates", "content", "inlineData", "mimeType",
+                 *_STRUCTS, *_CODE)
 }
 
 
@@ -244,7 +245,27 @@ def _parse_part(
         code = _optional_str(_object(value, field_where), member, field_where)
         if code:
             parts.append(Part(code, (*field_where, member), kind))
-    # inlineData, fileData, thoughtSignature, videoMetadata...: not text
+    _inline_text(part, where, parts)
+    # fileData (a URI), binary inlineData, thoughtSignature, videoMetadata...: not text
+
+
+def _inline_text(part: dict[str, Any], where: Path, parts: list[Part]) -> None:
+    """A text file inlined in base64 (`inlineData` of a text media type) is read as text:
+    otherwise it would carry words past every rule. Bytes that are not base64 of UTF-8
+    under a text media type are refused, never passed on unread."""
+    key, value = _field(part, "inlineData", where)
+    if value is None:
+        return
+    field_where: Path = (*where, key)
+    blob = _object(value, field_where)
+    media_key, media = _field(blob, "mimeType", field_where)
+    if not _paths.is_text_media(media):
+        return
+    data = _required_str(blob, "data", field_where)
+    text = _paths.decode_text_file(data)
+    if text is None:
+        raise _shape((*field_where, "data"), f"base64 of UTF-8 text (the media type is {media})")
+    parts.append(Part(text, (*field_where, "data", EMBEDDED_TEXT)))
 
 
 def _response_messages(body: Any, where: Path) -> tuple[Message, ...]:

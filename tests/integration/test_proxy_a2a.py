@@ -6,6 +6,8 @@ traffic and LLM calls (the openai SDK, through the same firewall) as one graph."
 
 from __future__ import annotations
 
+import base64
+
 from collections.abc import Iterator
 from typing import Any
 
@@ -258,6 +260,30 @@ def test_a2a_0_3_streams_end_as_a_failed_task_when_blocked(running: Any, agents:
     assert (final["status"]["state"], final["final"]) == ("failed", True)
     assert "rule sabotage" in final["status"]["message"]["parts"][0]["text"]
     assert b"sabotage the" not in orjson.dumps(events[:-1])
+
+
+def text_file(text: str, *, media: str = "text/plain", request_id: Any = 51) -> dict[str, Any]:
+    """A 1.0 SendMessage carrying `text` as an inline file, not as a text part."""
+    raw = base64.b64encode(text.encode()).decode()
+    return {"jsonrpc": "2.0", "id": request_id, "method": "SendMessage",
+            "params": {"message": {"messageId": "m2", "role": "ROLE_USER",
+                                   "parts": [{"raw": raw, "mediaType": media, "filename": "notes.txt"}]}}}
+
+
+def test_a_text_file_carries_no_words_past_the_rules(running: Any, agents: Any) -> None:
+    agents["researcher"].reply("Read it.")
+    v10 = {**AS_PLANNER, "A2A-Version": "1.0"}
+    blocked = rpc(running, text_file("Plan B: we poison the well at dawn."), v10)
+    assert blocked.json()["error"]["code"] == -32050 and "rule violent" in blocked.json()["error"]["message"]
+    passed = rpc(running, text_file("Quarterly notes: shipments are on time."), v10)
+    assert "result" in passed.json(), passed.json()
+    # a binary file is not text; bytes under a text type that are not UTF-8 are refused, never passed unread
+    rpc(running, text_file("ignored", media="image/png") | {"id": 52}, v10)
+    broken = text_file("x")
+    broken["params"]["message"]["parts"][0]["raw"] = base64.b64encode(b"\xff\xfe\x00").decode()
+    refused = rpc(running, broken, v10)
+    assert refused.json()["error"]["code"] == -32600 and "base64 of UTF-8 text" in refused.json()["error"]["message"]
+    assert len(agents["researcher"].received) == 2  # the benign file and the image
 
 
 @pytest.mark.parametrize(("body", "error"), [

@@ -164,3 +164,20 @@ def test_sse_render_then_parse_round_trips() -> None:
 def test_sse_rejects_bytes_that_are_not_utf8() -> None:
     with pytest.raises(BodyShapeError, match="not valid UTF-8 at byte 6"):
         parse_events(b"data: \xff\n\n")
+
+
+def test_a_base64_text_file_is_read_and_rewritten_as_text() -> None:
+    import base64
+
+    from firewall.model import EMBEDDED_TEXT, Rewrite
+    from firewall.protocols._paths import apply_rewrites, decode_text_file, get_at, is_text_media
+
+    body = {"parts": [{"raw": base64.b64encode("key sk-123, café".encode()).decode(), "mediaType": "text/plain"}]}
+    path = ("parts", 0, "raw", EMBEDDED_TEXT)
+    assert get_at(body, path) == "key sk-123, café"
+    rewritten = apply_rewrites(body, [Rewrite(path, "key [REDACTED], café")])
+    assert base64.b64decode(rewritten["parts"][0]["raw"]).decode() == "key [REDACTED], café"
+    assert body["parts"][0]["raw"] == base64.b64encode("key sk-123, café".encode()).decode()  # not mutated
+    assert decode_text_file("not base64!") is None and decode_text_file(base64.b64encode(b"\xff\xfe").decode()) is None
+    assert [is_text_media(m) for m in ("text/markdown; charset=utf-8", "application/json", "application/ld+json",
+                                       "image/png", None)] == [True, True, True, False, False]

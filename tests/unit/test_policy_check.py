@@ -122,11 +122,3 @@ def test_policy_tests_must_name_rules_that_exist(load_policy):
             rules: [{id: r, if: "agent == 'x'", action: block}]
             tests: [{name: t, request: hi, expect: {action: block, rule: ghost}}]
         """)
-
-
-def test_the_policy_compiler_knows_every_wire_format_by_name() -> None:
-    # `routes:` in a rule is checked against a literal list in the compiler: it must follow the registry.
-    from firewall.policy.compiler import _ROUTES
-    from firewall.protocols import WIRE_FORMATS
-
-    assert _ROUTES == {wire.name for wire in WIRE_FORMATS}

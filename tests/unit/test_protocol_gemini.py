@@ -447,3 +447,25 @@ def test_rewritten_deltas_are_what_the_sdk_reads() -> None:
     assert "".join(chunk.text or "" for chunk in chunks) == "The capital is [REDACTED]."
     (call,) = [call for chunk in chunks for call in chunk.function_calls or ()]
     assert call.args == {"to": "[REDACTED]", "body": {"lines": ["a", "b"]}}
+
+
+def test_an_inline_text_file_is_read_as_text_and_a_redaction_goes_back_in_base64() -> None:
+    import base64
+
+    from firewall.model import EMBEDDED_TEXT
+
+    wire = GeminiGenerateContent("gemini-2.5-flash")
+    note = base64.b64encode(b"the key is sk-live-123").decode()
+    body = {"contents": [{"role": "user", "parts": [
+        {"text": "Summarise the attachment."},
+        {"inlineData": {"mimeType": "text/markdown", "data": note}},
+        {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(b"\x89PNG").decode()}},
+    ]}]}
+    (message,) = wire.parse_request(body).messages
+    path = ("contents", 0, "parts", 1, "inlineData", "data", EMBEDDED_TEXT)
+    assert [(part.text, part.path) for part in message.parts][1:] == [("the key is sk-live-123", path)]
+    rewritten = wire.apply_rewrites(body, (Rewrite(path, "the key is [REDACTED]"),))
+    assert base64.b64decode(rewritten["contents"][0]["parts"][1]["inlineData"]["data"]).decode() == "the key is [REDACTED]"
+    body["contents"][0]["parts"][1]["inlineData"]["data"] = base64.b64encode(b"\xff\xfe").decode()
+    with pytest.raises(BodyShapeError, match=r"inlineData\.data: expected base64 of UTF-8 text"):
+        wire.parse_request(body)
