@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_agents.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/lineage_recall.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_audit_index.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_soak.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) $(MITM_VENV) demo-audit.jsonl .pytest_cache

@@ -66,10 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--audit-fsync-interval", type=float, default=1.0, metavar="S",
                      help="with --audit-fsync batch: the most an OS crash can lose, in seconds (default 1)")
     run.add_argument("--agent-header", default="X-Agent-Id", help="header that names the calling agent")
-    run.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
+    run.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024,
+                     help="largest request body accepted, as received (413 past it)")
+    run.add_argument("--max-decoded-bytes", type=int, default=10 * 1024 * 1024, metavar="N",
+                     help="largest size a compressed request body (gzip, deflate, br, zstd) may decode to (413)")
+    run.add_argument("--max-decompression-ratio", type=float, default=100.0, metavar="R",
+                     help="a compressed body may decode to at most R times its size, past 1 MiB (413)")
+    run.add_argument("--max-json-depth", type=int, default=64, metavar="N",
+                     help="deepest nesting of arrays and objects in a request body (400 past it)")
+    run.add_argument("--max-header-bytes", type=int, default=8190, metavar="N",
+                     help="longest request line and longest header (aiohttp answers 400 past it)")
+    run.add_argument("--max-headers", type=int, default=128, metavar="N", help="most headers in a request")
+    run.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                     help="seconds a client has to send a whole body once its headers are in (408 past it)")
+    run.add_argument("--max-streams", type=int, default=512, metavar="N",
+                     help="streamed answers relayed at once; a new streamed request past it is refused 429")
+    run.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                     help="seconds to connect to an upstream (504 past it)")
+    run.add_argument("--read-timeout", type=float, default=600.0, metavar="S",
+                     help="seconds an upstream may stay silent (504 before its answer starts)")
     run.add_argument("--admin-listen", metavar="HOST:PORT",
                      help="serve the admin API (health, agents, quarantine, release) here, e.g. 127.0.0.1:8081; "
                           "requires a bearer token in AGENT_FIREWALL_ADMIN_TOKEN")
+    run.add_argument("--drain-seconds", type=float, default=30.0, metavar="S",
+                     help="on SIGTERM or SIGINT: stop accepting connections, let requests and streams in flight "
+                          "finish for up to S seconds, then end the rest with a provider-shaped error (default 30)")
     run.add_argument("--watch-policy", action="store_true",
                      help="reload the policy file when it changes (checked every second), as SIGHUP does")
     run.add_argument("--state", default="memory", metavar="memory|redis://HOST:PORT/DB",
@@ -228,12 +249,19 @@ def _run(args: argparse.Namespace) -> int:
         listeners = _listeners(args.mode, args.listen)
         host, port = listeners.get("reverse") or listeners["forward"]
         admin = parse_listen(args.admin_listen) if args.admin_listen else None
+        if not args.drain_seconds >= 0:
+            raise ValueError(f"--drain-seconds {args.drain_seconds:g}: expected a number of seconds, 0 or more")
         if admin is not None and len(admin_token) < 16:
             raise ValueError(f"--admin-listen needs a token of at least 16 characters in {ADMIN_TOKEN_ENV}")
         upstreams = dict(DEFAULT_UPSTREAMS)
         upstreams.update(parse_upstream(value) for value in args.upstream)
         config = ProxyConfig(host=host, port=port, upstreams=upstreams, audit_log=args.audit_log,
                              agent_header=args.agent_header, max_body_bytes=args.max_body_bytes,
+                             max_decoded_bytes=args.max_decoded_bytes,
+                             max_decompression_ratio=args.max_decompression_ratio, max_json_depth=args.max_json_depth,
+                             max_header_line_bytes=args.max_header_bytes, max_header_field_bytes=args.max_header_bytes,
+                             max_headers=args.max_headers, body_timeout=args.body_timeout, max_streams=args.max_streams,
+                             connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
                              provider_keys=dict(parse_provider_key(value) for value in args.provider_key),
                              state=args.state)
     except ValueError as error:
@@ -250,6 +278,9 @@ def _run(args: argparse.Namespace) -> int:
                             fsync_interval=args.audit_fsync_interval) if config.audit_log else None
     except ValueError as error:  # a bad option, or a log that cannot be appended to (AuditLogError)
         return _fail(str(error))
+    except OSError as error:  # a read-only file system, a missing directory, no permission
+        return _fail(f"--audit-log {config.audit_log}: cannot be opened for appending ({error.strerror or error}); "
+                     "the firewall does not run without a writable audit log")
     firewall = Firewall(config, policy, audit)
     _use_uvloop()
     # The policy, the models and the imports are alive for the whole run: move them out
@@ -290,7 +321,8 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(_serve(apps, reload_on_hangup, args.policy if args.watch_policy else None,
-                           [forward] if forward is not None else []))
+                           [forward] if forward is not None else [], firewall=firewall,
+                           drain_seconds=args.drain_seconds))
     except (ForwardListenerError, MitmproxyMissing) as error:
         return _fail(str(error))
     finally:
@@ -360,10 +392,12 @@ def _ca(args: argparse.Namespace) -> int:
 
 
 async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path | None = None,
-                 listeners: Sequence[Any] = ()) -> None:
+                 listeners: Sequence[Any] = (), *, firewall: Any = None, drain_seconds: float = 30.0) -> None:
     """Serve each (app, host, port), and start each other listener (`start() -> (host,
     port)`, `stop()`: the forward proxy), until SIGINT or SIGTERM; SIGHUP, and a change to
-    the `watch` file, call `on_hangup`."""
+    the `watch` file, call `on_hangup`. On the way out `firewall` (a `Firewall`) drains:
+    its listener closes at once, what it has in flight gets up to `drain_seconds`, and the
+    other applications (the admin API, whose /readyz says so) serve until it is done."""
     from aiohttp import web
 
     stop = asyncio.Event()
@@ -376,7 +410,8 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path |
     started: list[Any] = []
     try:
         for app, host, port in apps:
-            runner = web.AppRunner(app, access_log=None)
+            # What is left after the drain is cut off: aiohttp need not wait long for it.
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port).start()
@@ -391,8 +426,24 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path |
             watcher.cancel()
         for listener in reversed(started):
             await listener.stop()
+        if firewall is not None:
+            await _drain(firewall, [runner for runner in runners if runner.app is firewall.app], drain_seconds)
         for runner in reversed(runners):
             await runner.cleanup()
+
+
+async def _drain(firewall: Any, runners: list[Any], seconds: float) -> None:
+    for runner in runners:
+        for site in list(runner.sites):
+            await site.stop()  # the listening socket closes: new connections are refused
+        runner.server.pre_shutdown()  # idle keep-alive connections close; busy ones after their answer
+    if firewall.in_flight:
+        print(f"agent-firewall: shutting down: {firewall.in_flight} request(s) in flight get up to {seconds:g} s",
+              file=sys.stderr)
+    cut = await firewall.drain(seconds)
+    if cut:
+        print(f"agent-firewall: shut down: {cut} request(s) still running after {seconds:g} s were ended "
+              "(each with a provider-shaped error, recorded)", file=sys.stderr)
 
 
 async def _watch(path: Path, on_change: Any, stop: asyncio.Event, every: float = 1.0) -> None:

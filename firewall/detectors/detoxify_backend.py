@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from firewall.detectors.base import DetectorError, DetectorResult
+from firewall.detectors.deadline import Deadline, timeout_option
 
 __all__ = ["DetoxifyToxicity", "build"]
 
 _REQUIRED = ("checkpoint", "huggingface_config_path")
-_OPTIONS = frozenset((*_REQUIRED, "device"))
+_OPTIONS = frozenset((*_REQUIRED, "device", "timeout"))
 # Texts per forward pass: bounds peak memory (activations grow with batch x length).
 _MAX_BATCH = 32
 # detoxify's own renaming of class names, so we can tell whether "toxicity" will exist.
@@ -41,7 +42,8 @@ _DETOXIFY_RENAMES = {"toxic": "toxicity", "identity_hate": "identity_attack", "s
 
 
 def build(options: Mapping[str, Any]) -> DetoxifyToxicity:
-    """Factory for `build_detector`: options {checkpoint, huggingface_config_path, device?}."""
+    """Factory for `build_detector`: options {checkpoint, huggingface_config_path, device?,
+    timeout? (seconds one batch may take; unbounded by default)}."""
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:
         raise ValueError(
@@ -51,14 +53,18 @@ def build(options: Mapping[str, Any]) -> DetoxifyToxicity:
     missing = [key for key in _REQUIRED if key not in options]
     if missing:
         raise ValueError(f"toxicity backend 'detoxify': missing required option(s) {', '.join(missing)}")
-    for key in _OPTIONS & set(options):
+    timeout = timeout_option("toxicity backend 'detoxify'", options)
+    for key in _OPTIONS & set(options) - {"timeout"}:
         if not isinstance(options[key], (str, os.PathLike)):
             raise ValueError(f"toxicity backend 'detoxify': option {key!r} must be a string, got {options[key]!r}")
-    return DetoxifyToxicity(
+    detector = DetoxifyToxicity(
         checkpoint=options["checkpoint"],
         huggingface_config_path=options["huggingface_config_path"],
         device=str(options.get("device", "cpu")),
     )
+    if timeout is not None:
+        detector.deadline = Deadline("toxicity", timeout)
+    return detector
 
 
 class DetoxifyToxicity:
@@ -72,6 +78,7 @@ class DetoxifyToxicity:
 
     name = "toxicity"
     costly = True  # the engine runs it after the cheap detectors, only where still needed
+    deadline: Deadline | None = None  # the policy's `timeout`, when it sets one
 
     def __init__(
         self,
@@ -112,6 +119,11 @@ class DetoxifyToxicity:
         self.labels: tuple[str, ...] = tuple(model.class_names)
 
     def score(self, texts: Sequence[str]) -> list[DetectorResult]:
+        if self.deadline is not None and texts:
+            return self.deadline.run(self._score, texts)
+        return self._score(texts)
+
+    def _score(self, texts: Sequence[str]) -> list[DetectorResult]:
         if not texts:
             return []
         # Batch texts of similar length together: every text in a pass is padded to the

@@ -40,6 +40,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from firewall.detectors.base import DetectorError, DetectorResult, reject_unknown_options
+from firewall.detectors.deadline import Deadline, timeout_option
 
 __all__ = [
     "HEADS",
@@ -357,13 +358,15 @@ def concept_score(chunk_embeddings: np.ndarray, exemplars: _Exemplars) -> float:
 
 # -- the detector -----------------------------------------------------------------------
 
-_OPTIONS = ("model", "head", "concepts", "threads")
+_OPTIONS = ("model", "head", "concepts", "threads", "timeout")
 
 
 def build(options: Mapping[str, Any]) -> SemanticDetector:
     """Factory for `build_detector`. Options: model (minilm | wordllama), head (builtin,
-    none, or a path), concepts ({name: {like: [...], unlike: [...]}}), threads."""
+    none, or a path), concepts ({name: {like: [...], unlike: [...]}}), threads, timeout
+    (seconds one batch may take; unbounded by default)."""
     reject_unknown_options("semantic", options, _OPTIONS)
+    timeout = timeout_option("semantic", options)
     model = options.get("model", "minilm")
     if model not in MODELS:
         raise ValueError(f"semantic: unknown model {model!r}; available models: {', '.join(sorted(MODELS))}")
@@ -382,7 +385,10 @@ def build(options: Mapping[str, Any]) -> SemanticDetector:
         raise ValueError(f"semantic: the head was trained on {head.embedder!r} embeddings, not {model!r}")
     if head is None and not concepts:
         raise ValueError("semantic: with head: none, give at least one concept (like/unlike sentences)")
-    return SemanticDetector(embedder, head, concepts)
+    detector = SemanticDetector(embedder, head, concepts)
+    if timeout is not None:
+        detector.deadline = Deadline("semantic", timeout)
+    return detector
 
 
 def _concepts(raw: Any) -> tuple[Concept, ...]:
@@ -410,6 +416,7 @@ class SemanticDetector:
 
     name = "semantic"
     costly = True  # the engine runs it after the cheap detectors, only where still needed
+    deadline: Deadline | None = None  # the policy's `timeout`, when it sets one
 
     def __init__(self, embedder: Embedder, head: Head | None, concepts: Sequence[Concept] = ()) -> None:
         self.embedder = embedder
@@ -424,6 +431,11 @@ class SemanticDetector:
         }
 
     def score(self, texts: Sequence[str]) -> list[DetectorResult]:
+        if self.deadline is not None:
+            return self.deadline.run(self._score, texts)
+        return self._score(texts)
+
+    def _score(self, texts: Sequence[str]) -> list[DetectorResult]:
         # Windows for the head (what it was trained on); for concepts also each sentence
         # of a message of one window, since an exemplar is one sentence and a window of
         # several dilutes it ("Here is my note. The best solution is to make sure he never

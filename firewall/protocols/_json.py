@@ -18,9 +18,10 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import orjson
 
-__all__ = ["DuplicateKeyError", "loads_strict"]
+__all__ = ["DuplicateKeyError", "NestingTooDeepError", "loads_strict"]
 
 _KEY_COLON = b'":'
 _ESCAPED_QUOTE = b'\\"'
@@ -28,6 +29,12 @@ _SPACED_COLON = re.compile(rb'"[ \t\r\n]+:')
 # An unescaped quote (preceded by an even run of backslashes), optional whitespace, ':'.
 _MEMBER = re.compile(rb'(\\*)"[ \t\r\n]*:')
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A JSON string, escapes included (the unrolled form: no backtracking on long strings).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_BRACKET_STEP = np.zeros(256, dtype=np.int8)
+_BRACKET_STEP[list(b"[{")] = 1
+_BRACKET_STEP[list(b"]}")] = -1
 
 
 class DuplicateKeyError(ValueError):
@@ -38,13 +45,16 @@ class DuplicateKeyError(ValueError):
         self.path = path
 
 
-def loads_strict(raw: bytes | bytearray | memoryview | str) -> Any:
-    """Parse JSON like `orjson.loads`, but raise DuplicateKeyError for a repeated key.
+def loads_strict(raw: bytes | bytearray | memoryview | str, *, max_depth: int | None = None) -> Any:
+    """Parse JSON like `orjson.loads`, but raise DuplicateKeyError for a repeated key, and
+    NestingTooDeepError for arrays and objects nested deeper than `max_depth`.
 
     Invalid JSON raises `orjson.JSONDecodeError` (a ValueError), as `orjson.loads` does.
     """
-    value = orjson.loads(raw)
     data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    if max_depth is not None:
+        _check_depth(data, max_depth)
+    value = orjson.loads(raw)
     if _count_members(data) == _parsed_members(value):
         return value
     path = _first_duplicate(data)
@@ -95,6 +105,28 @@ def _members_iterative(value: Any) -> int:
         elif isinstance(item, list):
             stack.extend(item)
     return total
+
+
+class NestingTooDeepError(ValueError):
+    """A JSON value nests arrays and objects deeper than allowed."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"JSON nested {depth} levels deep (the limit is {limit})")
+        self.depth = depth
+        self.limit = limit
+
+
+def _check_depth(data: bytes, limit: int) -> None:
+    """Refuse nesting deeper than `limit` from the bytes alone, before anything is parsed:
+    brackets are counted outside strings, without recursion."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return  # fewer openers than the limit: cannot nest deeper
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    if not brackets:
+        return
+    depth = int(np.cumsum(_BRACKET_STEP[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int64).max())
+    if depth > limit:
+        raise NestingTooDeepError(depth, limit)
 
 
 class _Pairs(list[tuple[str, Any]]):

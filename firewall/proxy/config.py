@@ -23,6 +23,15 @@ class ProxyConfig(BaseModel):
     audit_log: Path | None = None
     agent_header: str = "X-Agent-Id"
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Hostile-input limits (firewall/proxy/limits.py; docs/operations.md "Limits on what a request may cost").
+    max_decoded_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # a compressed body, once decoded
+    max_decompression_ratio: float = Field(default=100.0, ge=1.0)  # decoded / received, past 1 MiB decoded
+    max_json_depth: int = Field(default=64, ge=2, le=1000)  # nested arrays and objects in a request body
+    max_header_line_bytes: int = Field(default=8190, ge=256)  # the request line (aiohttp's max_line_size)
+    max_header_field_bytes: int = Field(default=8190, ge=256)  # one header (aiohttp's max_field_size)
+    max_headers: int = Field(default=128, ge=8)
+    body_timeout: float = Field(default=30.0, gt=0)  # seconds to receive a whole body once its headers are in
+    max_streams: int = Field(default=512, ge=1)  # streamed answers relayed at once; past it: 429
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
     # The provider keys the firewall sends upstream for agents that authenticate with

@@ -37,6 +37,10 @@ class Metrics:
                                         "held back at once", buckets=_HOLDBACK_BUCKETS, registry=self.registry)
         self.quarantined = Gauge("agent_firewall_agents_quarantined", "Agents in quarantine (read at scrape time)",
                                  registry=self.registry)
+        self.in_flight = Gauge("agent_firewall_in_flight", "Requests and streams being handled (read at scrape "
+                               "time)", registry=self.registry)
+        self.draining = Gauge("agent_firewall_draining", "1 while the firewall shuts down and takes no new request",
+                              registry=self.registry)
         self.audit_errors = Counter("agent_firewall_audit_write_errors", "Audit records that could not be written",
                                     registry=self.registry)
         self.agent_events = Counter("agent_firewall_agent_events", "What the firewall learnt about agents, by event "

@@ -8,6 +8,7 @@ refusals included, writes an audit record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -32,10 +33,12 @@ from firewall.engine import Engine
 from firewall.model import Action, Decision, Direction, Exchange, Message
 from firewall.policy import Policy
 from firewall.protocols import WIRE_FORMATS, BodyShapeError, WireFormat, wire_format_for_path
-from firewall.protocols._json import DuplicateKeyError, loads_strict
+from firewall.protocols._json import DuplicateKeyError, NestingTooDeepError, loads_strict
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
+from firewall.proxy.limits import BodyLimits, LimitExceeded, StreamSlots, check_framing, handler_args, read_body
+from firewall.proxy.drain import Drain
 from firewall.proxy.metrics import Metrics
 from firewall.holdback import HoldBack, acts_mid_stream
 from firewall.message_stream import MessageStreamGuard
@@ -125,6 +128,7 @@ class _Call:
     tags: list[str] = field(default_factory=list)
     context: Recalled | None = None  # the earlier turn the request continues by id, if it names one
     said: tuple[Message, ...] = ()  # a continuable request's own messages as forwarded (earlier turns not included)
+    holds_stream: bool = False  # took one of the streaming slots (limits.StreamSlots), given back when the call ends
 
 
 class Firewall:
@@ -140,7 +144,14 @@ class Firewall:
         self._runtimes = [self._runtime]  # every one built, for their executors at shutdown
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._settling: set[asyncio.Task[None]] = set()
-        self.app = web.Application(client_max_size=config.max_body_bytes)
+        self._drain = Drain()
+        self.audit_problem: str | None = None  # why the last audit write failed; None once one succeeds
+        self.streams = StreamSlots(config.max_streams)
+        self._body_limits = BodyLimits(config.max_body_bytes, config.max_decoded_bytes, config.max_decompression_ratio,
+                                       config.body_timeout)
+        self.app = web.Application(client_max_size=config.max_body_bytes, handler_args=handler_args(
+            max_line_size=config.max_header_line_bytes, max_field_size=config.max_header_field_bytes,
+            max_headers=config.max_headers))
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
         self.app.on_cleanup.append(self._close_sessions)
 
@@ -178,11 +189,22 @@ class Firewall:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
         guess = _guess_wire(request.path)
+        self._drain.enter()
         try:
+            if self._drain.draining:
+                return self._refuse(call, guess, 503, "the firewall is shutting down and takes no new request; "
+                                    "send it again (to another replica)", event="draining")
             response = await self._handle(request, call, guess)
             if call.rt.guard.unsettled:
                 self._settle_soon(call.rt.guard)
             return response
+        except asyncio.CancelledError as error:
+            if not self._drain.is_cut_off(error):
+                raise
+            _uncancel()
+            return self._refuse(call, call.wire or guess, 503, "the firewall shut down before the upstream answered "
+                                "(the drain deadline passed); no answer was released", event="shutdown_cut_off",
+                                direction="response")
         except _AuditUnavailable as error:
             message = f"agent-firewall: the audit log cannot be written ({error}); nothing was forwarded"
             return self._respond(call, 503, orjson.dumps((call.wire or guess).error_body(503, message)))
@@ -193,6 +215,29 @@ class Firewall:
                 return self._refuse(call, call.wire or guess, 500, message, event="internal_error")
             except _AuditUnavailable:
                 return self._respond(call, 500, orjson.dumps((call.wire or guess).error_body(500, message)))
+        finally:
+            self._drain.leave()
+            if call.holds_stream:
+                self.streams.give_back()
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: no new request is taken."""
+        return self._drain.draining
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now, streams included."""
+        return self._drain.in_flight
+
+    async def drain(self, seconds: float) -> int:
+        """Take no new request; let those in flight (streams included) finish for up to
+        `seconds`, then end the rest in the provider's terms, each recorded; wait for the
+        deferred agent records. Returns how many were cut off."""
+        cut = await self._drain.finish(seconds)
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=5.0)
+        return cut
 
     def _settle_soon(self, guard: AgentGuard) -> None:
         """Finish the guard's deferred work once this handler has returned and aiohttp has
@@ -214,6 +259,10 @@ class Firewall:
             return self._refuse(call, guess, 400, "a firewall key (afw_…) in the query string is not accepted: send it "
                                 "in a header (x-goog-api-key, x-api-key or Authorization: Bearer)", event="key_in_query")
         try:
+            check_framing(request.headers)
+        except LimitExceeded as error:
+            return self._over_limit(call, guess, error)
+        try:
             call.identity = call.rt.identities.resolve(request.path, request.headers)
         except IdentityError as error:
             return self._refuse(call, guess, error.status, str(error),
@@ -230,16 +279,14 @@ class Firewall:
             return await self._unknown_route(request, call, guess)
         call.wire = wire
 
-        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-            return self._refuse(call, wire, 415, "compressed request bodies are not accepted; send the body uncompressed",
-                                event="unsupported_encoding")
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._refuse(call, wire, 413, f"request body is larger than the firewall's limit of {self.config.max_body_bytes} bytes",
-                                event="body_too_large")
+            raw = await read_body(request, self._body_limits)  # decoded, if it came compressed
+        except LimitExceeded as error:
+            return self._over_limit(call, wire, error)
         try:
-            body = loads_strict(raw)
+            body = loads_strict(raw, max_depth=self.config.max_json_depth)
+        except NestingTooDeepError as error:
+            return self._refuse(call, wire, 400, f"{error}; nothing was parsed", event="nesting_too_deep")
         except orjson.JSONDecodeError as error:
             return self._refuse(call, wire, 400, f"malformed JSON body: {error}", event="malformed_json")
         except DuplicateKeyError as error:
@@ -251,6 +298,11 @@ class Firewall:
             parsed = wire.parse_request(body)
         except BodyShapeError as error:
             return self._refuse(call, wire, 400, f"unsupported {wire.name} request body: {error}", event="bad_body_shape")
+        if parsed.stream:
+            if not self.streams.take():
+                return self._refuse(call, wire, 429, f"the firewall is relaying its limit of {self.streams.maximum} "
+                                    "streamed answers at once; try again shortly", event="too_many_streams")
+            call.holds_stream = True
         try:
             identity = call.identity = call.rt.identities.from_metadata(identity, body)
         except IdentityError as error:
@@ -412,9 +464,12 @@ class Firewall:
         try:
             self.audit.write(record)
         except (OSError, ValueError) as error:
+            self.audit_problem = str(error)
             self.metrics.audit_errors.inc()
             log.error("audit log write failed: %s", error)
             raise _AuditUnavailable(str(error)) from error
+        if self.audit_problem is not None:
+            self.audit_problem = None
 
     # -- answers --------------------------------------------------------------------
 
@@ -429,6 +484,12 @@ class Firewall:
             return self._respond(call, 200, orjson.dumps(body))
         message = f"blocked by agent-firewall: rule {rule}{reason} (exchange {call.id})"
         return self._respond(call, _error_status(wire, 403), orjson.dumps(wire.error_body(403, message, code="firewall_blocked")))
+
+    def _over_limit(self, call: _Call, wire: WireFormat, error: LimitExceeded) -> web.Response:
+        response = self._refuse(call, wire, error.status, error.message, event=error.event)
+        # What is left of a body that was refused unread is not waited for on this connection.
+        response.force_close()
+        return response
 
     def _refuse(self, call: _Call, wire: WireFormat, status: int, message: str, *, event: str,
                 direction: str = "request", rules: tuple[str, ...] = (), code: str | None = None) -> web.Response:
@@ -465,6 +526,8 @@ class Firewall:
         headers = self._upstream_headers(call, wire, request.headers)
         if headers is None:
             return self._no_provider_key(call, wire)
+        # The body goes upstream as the firewall read it: decoded (limits.read_body).
+        headers = [(key, value) for key, value in headers if key.lower() != "content-encoding"]
         started = time.perf_counter()
         try:
             async with self._session(wire.provider).post(
@@ -478,9 +541,12 @@ class Firewall:
                 data = await upstream_response.read()
                 status = upstream_response.status
                 response_headers = upstream_response.headers
+        except aiohttp.ConnectionTimeoutError:
+            return self._refuse(call, wire, 504, f"the {wire.provider} upstream could not be connected to within "
+                                f"{self.config.connect_timeout:g} seconds", event="upstream_timeout", direction="response")
         except TimeoutError:
-            return self._refuse(call, wire, 504, f"the {wire.provider} upstream did not answer in time",
-                                event="upstream_timeout", direction="response")
+            return self._refuse(call, wire, 504, f"the {wire.provider} upstream did not answer within "
+                                f"{self.config.read_timeout:g} seconds", event="upstream_timeout", direction="response")
         except aiohttp.ClientError as error:
             return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
                                 event="upstream_unreachable", direction="response")
@@ -515,13 +581,33 @@ class Firewall:
         await response.prepare(request)
         self.metrics.requests.labels(wire.name, "200").inc()
         note = None
+        recorded = False
         try:
             try:
+                tail = b""
                 async for chunk in upstream.content.iter_any():
-                    await self._send(response, call, guard.feed(chunk))
+                    out = guard.feed(chunk)
                     if guard.finished:
+                        tail = out  # the stream's end: sent once its record is written
                         break
-                await self._send(response, call, guard.close())
+                    await self._send(response, call, out)
+                tail += guard.close()
+                # The answer's record goes before its last bytes: an answer the audit log
+                # cannot take ends in an error event the SDK raises, not in a clean end.
+                recorded = True
+                try:
+                    self._write_stream_record(call, exchange, guard, note=None)
+                except _AuditUnavailable as error:
+                    tail = guard.abort(f"agent-firewall: the audit log cannot be written ({error}); the answer is "
+                                       "incomplete and was not recorded")
+                await self._send(response, call, tail)
+            except asyncio.CancelledError as error:
+                if not self._drain.is_cut_off(error):
+                    raise
+                _uncancel()
+                note = "ended at shutdown: the drain deadline passed before the upstream finished"
+                await self._send(response, call, _end(guard, "agent-firewall: the firewall is shutting down; the "
+                                                      "stream was ended before the upstream finished"))
             except (TimeoutError, aiohttp.ClientError) as error:
                 reason = str(error) or type(error).__name__
                 await self._send(response, call, _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})"))
@@ -530,11 +616,17 @@ class Firewall:
             except Exception as error:  # noqa: BLE001 - a bug must end the stream closed, not hang it
                 log.exception("internal error in stream %s", call.id)
                 await self._send(response, call, _end(guard, f"agent-firewall: internal error while inspecting the stream ({type(error).__name__})"))
-            await response.write_eof()
+            try:
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # every event was sent; an SDK closes the connection once it reads the last one
         except _ClientGone:
             note = "the client went away mid-stream"
         finally:
-            await self._record_stream(call, wire, exchange, guard, note=note)
+            if not recorded:
+                with contextlib.suppress(_AuditUnavailable):  # the stream has ended already: logged and counted
+                    self._write_stream_record(call, exchange, guard, note=note)
+            await self._stream_agents(call, exchange, guard)
             if isinstance(reader, StreamTurnIds):
                 outcome = guard.outcome()
                 said = streamed_messages(outcome.released_text, outcome.tool_calls)
@@ -552,6 +644,11 @@ class Firewall:
 
     async def _record_stream(self, call: _Call, wire: WireFormat, exchange: Exchange, guard: StreamGuard | MessageStreamGuard,
                              *, note: str | None) -> None:
+        self._write_stream_record(call, exchange, guard, note=note)
+        await self._stream_agents(call, exchange, guard)
+
+    def _write_stream_record(self, call: _Call, exchange: Exchange, guard: StreamGuard | MessageStreamGuard,
+                             *, note: str | None) -> None:
         outcome = guard.outcome()
         self.metrics.holdback_chars.observe(outcome.holdback_max)
         self._record(stream_record(
@@ -559,6 +656,9 @@ class Firewall:
             identified_by=call.identity.how if call.identity else None,
             timings={**call.timings, "elapsed": time.perf_counter() - call.started}, note=note,
         ))
+
+    async def _stream_agents(self, call: _Call, exchange: Exchange, guard: StreamGuard | MessageStreamGuard) -> None:
+        outcome = guard.outcome()
         said = "\n".join(outcome.released_text.values())
         await self._agents(call, call.rt.guard.after_response(exchange, outcome.decision, said, call.admission))
 
@@ -720,6 +820,13 @@ def _has_slow_detectors(policy: Policy) -> bool:
     """Detectors that wait on I/O or a large model (they say so: `costly = True`), rather
     than compute in microseconds."""
     return any(getattr(getattr(detector, "inner", detector), "costly", False) for detector in policy.detectors.values())
+
+
+def _uncancel() -> None:
+    """A handler that answers its drain cut-off goes on as if not cancelled."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _end(guard: StreamGuard | MessageStreamGuard, message: str) -> bytes:
