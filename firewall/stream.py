@@ -103,6 +103,9 @@ class StreamGuard:
         self._channels: dict[tuple[str | int, ...], _Channel] = {}
         self._findings: dict[str, _Found] = {}
         self._holdback_max = 0
+        self._terminal = getattr(reader, "terminal", None)
+        self._at_end = False
+        self._closing = False
         self._withheld: list[dict[str, Any]] = []
         self._events_in = self._events_out = 0
         self._finished = False
@@ -128,12 +131,18 @@ class StreamGuard:
         self._inspect(final=False)
         return self._release()
 
+    @property
+    def at_end(self) -> bool:
+        """The event that ends the stream for the SDK has arrived (it is held for `close`)."""
+        return self._at_end
+
     def close(self) -> bytes:
         if self._finished:
             return b""
         for event in self._decoder.close():
             self._accept(event)
         self._inspect(final=True)
+        self._closing = True
         out = self._release()
         self._finished = True
         self._inspect_whole()
@@ -161,6 +170,8 @@ class StreamGuard:
 
     def _accept(self, event: StreamEvent) -> None:
         self._events_in += 1
+        if self._terminal is not None and self._terminal(event):
+            self._at_end = True
         pieces = []
         for delta in self._reader.deltas(event):
             channel = self._channels.get(delta.channel)
@@ -289,6 +300,9 @@ class StreamGuard:
             self._holdback_max = max(self._holdback_max, len(channel.text) - channel.safe)
         while self._held:
             held = self._held[0]
+            if not self._closing and self._block is None and self._terminal is not None \
+                    and self._terminal(held.event):
+                break  # the stream's end waits for close(): see StreamReader.terminal
             if not all(piece.end <= piece.channel.safe for piece in held.pieces):
                 if self._block is None:
                     break

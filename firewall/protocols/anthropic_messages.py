@@ -420,6 +420,10 @@ class AnthropicStreamReader:
                     self._model = message["model"]
         return []
 
+    @staticmethod
+    def terminal(event: StreamEvent) -> bool:
+        return event.event == "message_stop"
+
     def released(self, event: StreamEvent) -> None:
         """The guard passed `event` on to the client (as it was or re-rendered)."""
         self._tracks_release = True

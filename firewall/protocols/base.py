@@ -86,6 +86,10 @@ class StreamReader(Protocol):
         """The tool calls seen so far: [{"channel", "id", "name"}], for the audit record."""
         ...
 
+    # Optional: `terminal(event) -> bool`: the event that ends the stream for the SDK
+    # (OpenAI's `[DONE]`, Anthropic's `message_stop`). The StreamGuard holds it until
+    # `close()`, so that the listener can still end the stream with an error the SDK reads
+    # (when the answer's audit record cannot be written) instead of after a clean end.
     # Optional: `restate(event) -> bytes | None`. An event that states again, whole, a text
     # earlier events streamed (OpenAI Responses' `*.done` events and `response.completed`)
     # is re-rendered with the text as the client received it (None: pass it as it came).

@@ -422,6 +422,11 @@ class OpenAIStreamReader:
         self._choices: dict[int, None] = {}  # the choice indices seen, in order
         self._calls: dict[tuple[str | int, ...], dict[str, Any]] = {}  # by channel
 
+    @staticmethod
+    def terminal(event: StreamEvent) -> bool:
+        """`[DONE]`: the SDK stops reading there, so nothing after it would be seen."""
+        return event.data == "[DONE]"
+
     def released(self, event: StreamEvent) -> None:
         """Nothing to track: a finish chunk for a choice the client has not seen is harmless."""
 

@@ -621,6 +621,10 @@ class ResponsesStreamReader:
                 json = _drop_logprobs(set_at(json, field.path, text), field.path)
         return json
 
+    @staticmethod
+    def terminal(event: StreamEvent) -> bool:
+        return event.event in ("response.completed", "response.failed", "response.incomplete")
+
     def released(self, event: StreamEvent) -> None:
         json = event.json
         if self._rendered is not None and self._rendered[0] is event:

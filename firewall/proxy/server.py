@@ -587,7 +587,7 @@ class Firewall:
                 tail = b""
                 async for chunk in upstream.content.iter_any():
                     out = guard.feed(chunk)
-                    if guard.finished:
+                    if guard.finished or getattr(guard, "at_end", False):
                         tail = out  # the stream's end: sent once its record is written
                         break
                     await self._send(response, call, out)

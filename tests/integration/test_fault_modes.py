@@ -524,8 +524,6 @@ def test_an_answer_that_cannot_be_recorded_is_not_released(upstream_server, fake
     assert "calm words" not in str(streamed.value)
 
 
-@pytest.mark.xfail(strict=True, reason="firewall/stream.py releases an OpenAI stream's [DONE] as it arrives, before "
-                   "the answer's record is written; the error event that follows it is ignored by the SDK")
 def test_an_openai_stream_that_cannot_be_recorded_ends_in_an_error(upstream_server, fake, small_disk, write_policy):
     _, upstream = upstream_server
     fake.add_reply("calm words " * 2000)
