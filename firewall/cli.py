@@ -65,25 +65,25 @@ def _parser() -> argparse.ArgumentParser:
                           "or never (none, the default: an OS crash can lose what the kernel has not written yet)")
     run.add_argument("--audit-fsync-interval", type=float, default=1.0, metavar="S",
                      help="with --audit-fsync batch: the most an OS crash can lose, in seconds (default 1)")
-    run.add_argument("--agent-header", default="X-Agent-Id", help="header that names the calling agent")
-    run.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024,
+    run.add_argument("--agent-header", help="header that names the calling agent (default X-Agent-Id)")
+    run.add_argument("--max-body-bytes", type=int,
                      help="largest request body accepted, as received (413 past it)")
-    run.add_argument("--max-decoded-bytes", type=int, default=10 * 1024 * 1024, metavar="N",
+    run.add_argument("--max-decoded-bytes", type=int, metavar="N",
                      help="largest size a compressed request body (gzip, deflate, br, zstd) may decode to (413)")
-    run.add_argument("--max-decompression-ratio", type=float, default=100.0, metavar="R",
+    run.add_argument("--max-decompression-ratio", type=float, metavar="R",
                      help="a compressed body may decode to at most R times its size, past 1 MiB (413)")
-    run.add_argument("--max-json-depth", type=int, default=64, metavar="N",
+    run.add_argument("--max-json-depth", type=int, metavar="N",
                      help="deepest nesting of arrays and objects in a request body (400 past it)")
-    run.add_argument("--max-header-bytes", type=int, default=8190, metavar="N",
+    run.add_argument("--max-header-bytes", type=int, metavar="N",
                      help="longest request line and longest header (aiohttp answers 400 past it)")
-    run.add_argument("--max-headers", type=int, default=128, metavar="N", help="most headers in a request")
-    run.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+    run.add_argument("--max-headers", type=int, metavar="N", help="most headers in a request")
+    run.add_argument("--body-timeout", type=float, metavar="S",
                      help="seconds a client has to send a whole body once its headers are in (408 past it)")
-    run.add_argument("--max-streams", type=int, default=512, metavar="N",
+    run.add_argument("--max-streams", type=int, metavar="N",
                      help="streamed answers relayed at once; a new streamed request past it is refused 429")
-    run.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+    run.add_argument("--connect-timeout", type=float, metavar="S",
                      help="seconds to connect to an upstream (504 past it)")
-    run.add_argument("--read-timeout", type=float, default=600.0, metavar="S",
+    run.add_argument("--read-timeout", type=float, metavar="S",
                      help="seconds an upstream may stay silent (504 before its answer starts)")
     run.add_argument("--admin-listen", metavar="HOST:PORT",
                      help="serve the admin API (health, agents, quarantine, release) here, e.g. 127.0.0.1:8081; "
@@ -255,13 +255,16 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--admin-listen needs a token of at least 16 characters in {ADMIN_TOKEN_ENV}")
         upstreams = dict(DEFAULT_UPSTREAMS)
         upstreams.update(parse_upstream(value) for value in args.upstream)
-        config = ProxyConfig(host=host, port=port, upstreams=upstreams, audit_log=args.audit_log,
-                             agent_header=args.agent_header, max_body_bytes=args.max_body_bytes,
-                             max_decoded_bytes=args.max_decoded_bytes,
-                             max_decompression_ratio=args.max_decompression_ratio, max_json_depth=args.max_json_depth,
-                             max_header_line_bytes=args.max_header_bytes, max_header_field_bytes=args.max_header_bytes,
-                             max_headers=args.max_headers, body_timeout=args.body_timeout, max_streams=args.max_streams,
-                             connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
+        # A flag not given leaves ProxyConfig's default: the one place each limit's default is set.
+        given = {field: value for field, value in (
+            ("agent_header", args.agent_header), ("max_body_bytes", args.max_body_bytes),
+            ("max_decoded_bytes", args.max_decoded_bytes), ("max_decompression_ratio", args.max_decompression_ratio),
+            ("max_json_depth", args.max_json_depth), ("max_header_line_bytes", args.max_header_bytes),
+            ("max_header_field_bytes", args.max_header_bytes), ("max_headers", args.max_headers),
+            ("body_timeout", args.body_timeout), ("max_streams", args.max_streams),
+            ("connect_timeout", args.connect_timeout), ("read_timeout", args.read_timeout),
+        ) if value is not None}
+        config = ProxyConfig(host=host, port=port, upstreams=upstreams, audit_log=args.audit_log, **given,
                              provider_keys=dict(parse_provider_key(value) for value in args.provider_key),
                              state=args.state)
     except ValueError as error:
