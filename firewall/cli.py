@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-headers", type=int, metavar="N", help="most headers in a request")
     run.add_argument("--body-timeout", type=float, metavar="S",
                      help="seconds a client has to send a whole body once its headers are in (408 past it)")
+    run.add_argument("--header-timeout", type=float, metavar="S",
+                     help="seconds a client has to send a request's headers, from connecting or from its last "
+                          "answer (408 past it; an idle kept-alive connection is closed)")
     run.add_argument("--max-streams", type=int, metavar="N",
                      help="streamed answers relayed at once; a new streamed request past it is refused 429")
     run.add_argument("--connect-timeout", type=float, metavar="S",
@@ -261,7 +264,8 @@ def _run(args: argparse.Namespace) -> int:
             ("max_decoded_bytes", args.max_decoded_bytes), ("max_decompression_ratio", args.max_decompression_ratio),
             ("max_json_depth", args.max_json_depth), ("max_header_line_bytes", args.max_header_bytes),
             ("max_header_field_bytes", args.max_header_bytes), ("max_headers", args.max_headers),
-            ("body_timeout", args.body_timeout), ("max_streams", args.max_streams),
+            ("body_timeout", args.body_timeout), ("header_timeout", args.header_timeout),
+            ("max_streams", args.max_streams),
             ("connect_timeout", args.connect_timeout), ("read_timeout", args.read_timeout),
         ) if value is not None}
         config = ProxyConfig(host=host, port=port, upstreams=upstreams, audit_log=args.audit_log, **given,
@@ -403,6 +407,8 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path |
     other applications (the admin API, whose /readyz says so) serve until it is done."""
     from aiohttp import web
 
+    from firewall.proxy.connection import runner_for
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -414,7 +420,7 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path |
     try:
         for app, host, port in apps:
             # What is left after the drain is cut off: aiohttp need not wait long for it.
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+            runner = runner_for(app, access_log=None, shutdown_timeout=5.0)
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port).start()
@@ -427,10 +433,17 @@ async def _serve(apps: list[tuple[Any, str, int]], on_hangup: Any, watch: Path |
     finally:
         if watcher is not None:
             watcher.cancel()
-        for listener in reversed(started):
-            await listener.stop()
+        # Every listener stops taking connections, and what is in flight on any of them gets
+        # the same `drain_seconds`; then what is left is ended.
+        draining = [asyncio.create_task(listener.drain(drain_seconds)) for listener in started if hasattr(listener, "drain")]
         if firewall is not None:
             await _drain(firewall, [runner for runner in runners if runner.app is firewall.app], drain_seconds)
+        for cut in await asyncio.gather(*draining):
+            if cut:
+                print(f"agent-firewall: shut down: {cut} forward-proxy flow(s) still running after {drain_seconds:g} s "
+                      "were ended", file=sys.stderr)
+        for listener in reversed(started):
+            await listener.stop()
         for runner in reversed(runners):
             await runner.cleanup()
 

@@ -30,7 +30,9 @@ the `shingle` shingles that contain it, and with them the sampled ones among the
 
 Recording a response stores its record and adds its id to the bucket of each of its
 sampled shingles (`index_add`), all for `ttl` seconds: a 150-word response touches about
-50 buckets. A bucket that would hold more than `bucket_limit` records holds only the
+50 buckets. The memory state also forgets the oldest records beyond `memory_records`
+(20,000), each with its bucket entries, so a long-running process does not grow with
+every answer of the last day; Redis keeps them all for `ttl`. A bucket that would hold more than `bucket_limit` records holds only the
 state's `COMMON` mark from then on (until it expires): its shingle is a stock phrase ("let
 me know if you"), which says nothing about whose words these are, and reading it on every
 lookup would cost more with every record. An agent could make a shingle common on purpose
@@ -104,6 +106,9 @@ class LineageSpec(BaseModel):
     min_similarity: float = Field(0.3, gt=0, le=1)  # containment: shared / the record's shingles
     min_shared_shingles: int = Field(3, ge=1)
     ttl: float = Field(86400, gt=0)  # seconds a response is remembered
+    # Responses the memory state remembers at most, the oldest forgotten first: its memory
+    # stays bounded (about 15 KB a 150-word response). Redis keeps every one for `ttl`.
+    memory_records: int = Field(20_000, ge=1)
     min_words: int = Field(8, ge=1)  # shorter responses are too little to attribute
     max_shingles_stored: int = Field(4096, ge=1)
     candidates: int = Field(16, ge=1)  # records read and verified per match, the most bucket hits first
@@ -417,7 +422,8 @@ class LineageIndex:
         # The record before its buckets: a reader that finds the id finds the record.
         await self.state.set(_RECORD + member, record.to_json(stored.astype("<u8").tobytes()), ttl=self.spec.ttl)
         await self.state.index_add(_bucket_keys(distinct, self.spec.sample), member, ttl=self.spec.ttl,
-                                   limit=self.spec.bucket_limit)
+                                   limit=self.spec.bucket_limit, attached=(_RECORD + member,),
+                                   max_members=self.spec.memory_records)
         return record
 
     async def match(self, agent: str, text: str) -> list[LineageMatch]:

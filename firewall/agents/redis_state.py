@@ -179,7 +179,11 @@ class RedisState:
             return int(await self._count_script(keys=[self._key(key)], args=arguments))
 
     async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None,
-                        limit: int | None = None) -> None:
+                        limit: int | None = None, *, attached: Sequence[str] = (),
+                        max_members: int | None = None) -> None:
+        # `attached` and `max_members` bound a process's own memory; Redis expires by ttl,
+        # and its maxmemory policy is the operator's (docs/operations.md).
+        del attached, max_members
         names = [self._key(key) for key in keys]
         if not names:
             return

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["COMMON", "MemoryState", "StateBackend", "StateUnavailable", "open_state"]
 
@@ -59,10 +59,16 @@ class StateBackend(Protocol):
         only read), forget those older than `now - window`, and return how many remain."""
 
     async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None,
-                        limit: int | None = None) -> None:
+                        limit: int | None = None, *, attached: Sequence[str] = (),
+                        max_members: int | None = None) -> None:
         """Add `member` to the set at each of `keys` (lineage buckets), atomically; each set
         expires `ttl` seconds after its last addition when given. A set that would hold
-        more than `limit` members holds only `COMMON` from then on, and takes no more."""
+        more than `limit` members holds only `COMMON` from then on, and takes no more.
+
+        A backend that holds everything in this process's memory also forgets the members
+        whose `ttl` has passed, and the oldest members beyond `max_members`: each from
+        its sets, with the values at `attached` (its record). A backend with its own
+        expiry and memory limit (Redis) expires by `ttl` and ignores both."""
 
     async def index_members(self, keys: Iterable[str]) -> dict[str, AbstractSet[str]]:
         """The members of the set at each of `keys` (absent sets are left out), in one
@@ -71,9 +77,20 @@ class StateBackend(Protocol):
     async def close(self) -> None: ...
 
 
+class _Member(NamedTuple):
+    """What `MemoryState` must undo to forget an index member."""
+
+    keys: tuple[str, ...]
+    attached: tuple[str, ...]
+    expires: float | None
+    serial: int  # which entry of the age queue is this member's current one
+
+
 class MemoryState:
     """State in this process: the default, and the reference the redis backend is
-    tested against. Expiry is checked on read, so nothing needs a timer."""
+    tested against. Expiry is checked on read, so nothing needs a timer; index members
+    (lineage records, a day each) are also forgotten in age order as new ones come, and
+    beyond `max_members`, so that memory stays bounded however long the process runs."""
 
     name = "memory"
     shared = False
@@ -86,6 +103,9 @@ class MemoryState:
         # A lineage bucket almost always holds one record id: held as the str itself until a
         # second arrives (a set per bucket was 80% of the memory backend's footprint).
         self._sets: dict[str, tuple[str | set[str], float | None]] = {}
+        self._members: dict[str, _Member] = {}
+        self._ages: deque[tuple[int, str]] = deque()  # (serial, member), oldest first
+        self._serial = 0
 
     def _live(self, expires: float | None) -> bool:
         return expires is None or expires > self._clock()
@@ -136,7 +156,8 @@ class MemoryState:
         return total
 
     async def index_add(self, keys: Iterable[str], member: str, ttl: float | None = None,
-                        limit: int | None = None) -> None:
+                        limit: int | None = None, *, attached: Sequence[str] = (),
+                        max_members: int | None = None) -> None:
         # A lineage record touches about 50 buckets, almost all of them new: they go in
         # with one C-level update, and only the buckets that exist are looked at.
         now = self._clock()
@@ -156,6 +177,59 @@ class MemoryState:
                 held.add(member)
             added[key] = (COMMON if limit is not None and len(held) > limit else held, expires)
         sets.update(added)
+        self._remember(member, tuple(added), tuple(attached), expires)
+        self._forget_old(now, max_members)
+
+    def _remember(self, member: str, keys: tuple[str, ...], attached: tuple[str, ...], expires: float | None) -> None:
+        earlier = self._members.get(member)
+        if earlier is not None:  # added again: it leaves every set it is in, not only the new ones
+            keys = tuple(dict.fromkeys(earlier.keys + keys))
+            attached = tuple(dict.fromkeys(earlier.attached + attached))
+        self._serial += 1
+        self._members[member] = _Member(keys, attached, expires, self._serial)
+        self._ages.append((self._serial, member))
+
+    def _forget_old(self, now: float, max_members: int | None) -> None:
+        """Forget members from the oldest while they have expired or are too many. With one
+        ttl for all (the lineage index) age order is expiry order; a longer-lived member
+        in front only delays the expiry of those behind it until the next addition."""
+        ages, members = self._ages, self._members
+        while ages:
+            serial, member = ages[0]
+            entry = members.get(member)
+            if entry is None or entry.serial != serial:
+                ages.popleft()  # added again later (its newer entry counts) or deleted
+                continue
+            expired = entry.expires is not None and entry.expires <= now
+            if not expired and (max_members is None or len(members) <= max_members):
+                return
+            ages.popleft()
+            del members[member]
+            self._forget(member, entry, now)
+
+    def _forget(self, member: str, entry: _Member, now: float) -> None:
+        sets = self._sets
+        for key in entry.keys:
+            found = sets.get(key)
+            if found is None:
+                continue
+            held, until = found
+            if held == member or (until is not None and until <= now):
+                del sets[key]
+            elif isinstance(held, set):
+                held.discard(member)
+                if len(held) == 1:  # back to the compact form
+                    sets[key] = (next(iter(held)), until)
+            # COMMON stays until it expires: the shingle is still a stock phrase
+        for key in entry.attached:
+            self._values.pop(key, None)
+
+    @property
+    def held(self) -> dict[str, int]:
+        """Entries this process holds, expired ones not yet dropped included: values, index
+        sets, index members, counters."""
+        return {"values": len(self._values), "sets": len(self._sets), "members": len(self._members),
+                "counters": len(self._windows)}
 
     async def index_members(self, keys: Iterable[str]) -> dict[str, AbstractSet[str]]:
         now = self._clock()

@@ -3,17 +3,20 @@
 Hooks, in the order mitmproxy calls them:
 - `http_connect`: a CONNECT for a host the policy does not name is refused (403), or
   marked to be tunnelled when the policy says `unknown_hosts: tunnel`;
+- `requestheaders`: the flow is in flight (a drain waits for it) until `response` or `error`;
 - `tls_clienthello`: such a tunnel is passed through as bytes, never decrypted;
 - `request`: the request's destination (inside a tunnel, the CONNECT's host, whatever the
   Host header says; else its Host) must be a named host; then the reverse proxy's own
   steps decide it;
 - `responseheaders`: a streamed answer gets a StreamGuard as mitmproxy's stream callable;
 - `response`: a buffered answer is inspected whole; a streamed one is recorded;
-- `error`: the upstream could not be reached, or a stream broke off.
+- `error`: the upstream could not be reached, or a stream broke off; or mitmproxy refused a
+  body over `body_size_limit` (the firewall's `max_body_bytes`), which is recorded here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Final
 from urllib.parse import quote, unquote
@@ -42,6 +45,22 @@ class FirewallAddon:
     def __init__(self, firewall: Firewall) -> None:
         self.steps = ForwardSteps(firewall)
         self._compiled: tuple[Policy, ForwardHosts] | None = None
+        self.in_flight: set[str] = set()  # ids of the flows between their request headers and their end
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def idle(self) -> None:
+        """Until no flow is in flight."""
+        await self._idle.wait()
+
+    def _began(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.add(flow.id)
+        self._idle.clear()
+
+    def _ended(self, flow: http.HTTPFlow) -> None:
+        self.in_flight.discard(flow.id)
+        if not self.in_flight:
+            self._idle.set()
 
     @property
     def hosts(self) -> ForwardHosts:
@@ -159,7 +178,16 @@ class FirewallAddon:
         _replace_head(response, 200, opened.headers)
         response.stream = opened
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._began(flow)
+
     async def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._response(flow)
+        finally:
+            self._ended(flow)
+
+    async def _response(self, flow: http.HTTPFlow) -> None:
         response = flow.response
         forward: Forward | None = flow.metadata.get(_FORWARD)
         if response is None or forward is None:
@@ -174,7 +202,20 @@ class FirewallAddon:
             flow.response = _response(answer)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._error(flow)
+        finally:
+            self._ended(flow)
+
+    async def _error(self, flow: http.HTTPFlow) -> None:
         forward: Forward | None = flow.metadata.get(_FORWARD)
+        if forward is None and flow.error is not None and "body_size_limit" in flow.error.msg and flow.response is None:
+            # mitmproxy answered 413 itself before the body was read: recorded as the reverse proxy records it.
+            limit = self.steps.firewall.config.max_body_bytes
+            self.steps.host_event(event="body_too_large", host=flow.request.host, port=flow.request.port, status=413,
+                                  action="block", message=f"request body is larger than the firewall's limit of {limit} "
+                                                          "bytes")
+            return
         if forward is None or flow.error is None:
             return
         if forward.stream is not None:

@@ -9,6 +9,7 @@ refusal of clients from public addresses, and the firewall itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ class ForwardProxy:
         self.upstream_ca = upstream_ca
         self._owns_firewall = owns_firewall
         self._master = None  # a mitmproxy Master, once started
+        self._addon: Any = None  # its FirewallAddon
         self._runner: web.AppRunner | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -66,8 +68,9 @@ class ForwardProxy:
         self._log_handler.setFormatter(logging.Formatter("agent-firewall: %(name)s: %(levelname)s: %(message)s"))
         logging.getLogger().addHandler(self._log_handler)
         server = proxyserver.Proxyserver()
+        self._addon = FirewallAddon(self.firewall)
         master.addons.add(block.Block(), disable_h2c.DisableH2C(), server, next_layer.NextLayer(),
-                          tlsconfig.TlsConfig(), FirewallAddon(self.firewall))
+                          tlsconfig.TlsConfig(), self._addon)
         try:
             master.options.update(
                 mode=["regular"], listen_host=self.host, listen_port=self.port, confdir=str(self.ca.directory),
@@ -76,6 +79,9 @@ class ForwardProxy:
                 # HTTP/1.1 on both sides: every body the firewall rewrites or streams is framed one way.
                 http2=False,
                 ssl_verify_upstream_trusted_ca=str(self.upstream_ca) if self.upstream_ca else None,
+                # mitmproxy reads a body whole before the firewall sees it: the same cap as the
+                # reverse proxy's, before it is read (a buffered answer is held to it too).
+                body_size_limit=str(self.firewall.config.max_body_bytes),
             )
         except exceptions.OptionsError as error:
             await self._close_firewall()
@@ -88,6 +94,18 @@ class ForwardProxy:
         await master.running()
         host, port = server.listen_addrs()[0][:2]
         return host, port
+
+    async def drain(self, seconds: float) -> int:
+        """Stop listening; let the flows in flight (streams included) end for up to
+        `seconds`. Returns how many were still running then (`stop` ends them)."""
+        master = self._master
+        if master is None or self._addon is None:
+            return 0
+        await master.addons.get("proxyserver").servers.update([])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._addon.idle()
+        return len(self._addon.in_flight)
 
     async def stop(self) -> None:
         master, self._master = self._master, None

@@ -31,6 +31,9 @@ class ProxyConfig(BaseModel):
     max_header_field_bytes: int = Field(default=8190, ge=256)  # one header (aiohttp's max_field_size)
     max_headers: int = Field(default=128, ge=8)
     body_timeout: float = Field(default=30.0, gt=0)  # seconds to receive a whole body once its headers are in
+    # Seconds for a request's headers, from the connection's opening or its last answer
+    # (slowloris); an idle kept-alive connection is closed at the same deadline.
+    header_timeout: float = Field(default=30.0, gt=0)
     max_streams: int = Field(default=512, ge=1)  # streamed answers relayed at once; past it: 429
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)

@@ -37,6 +37,7 @@ from firewall.protocols._json import DuplicateKeyError, NestingTooDeepError, loa
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
 from firewall.proxy.config import ProxyConfig
+from firewall.proxy.connection import CONNECTIONS
 from firewall.proxy.limits import BodyLimits, LimitExceeded, StreamSlots, check_framing, handler_args, read_body
 from firewall.proxy.drain import Drain
 from firewall.proxy.metrics import Metrics
@@ -152,6 +153,7 @@ class Firewall:
         self.app = web.Application(client_max_size=config.max_body_bytes, handler_args=handler_args(
             max_line_size=config.max_header_line_bytes, max_field_size=config.max_header_field_bytes,
             max_headers=config.max_headers))
+        self.app[CONNECTIONS] = self
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
         self.app.on_cleanup.append(self._close_sessions)
 
@@ -185,6 +187,18 @@ class Firewall:
         return old
 
     # -- the one handler ------------------------------------------------------------
+
+    @property
+    def header_timeout(self) -> float:
+        return self.config.header_timeout
+
+    def refuse_unrouted(self, status: int, event: str, message: str) -> tuple[dict[str, str], bytes]:
+        """A refusal before there is a request to route (firewall/proxy/connection.py):
+        recorded like any other, answered in the OpenAI error shape (the route is unknown)."""
+        call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
+        response = self._refuse(call, _OPENAI, status, message, event=event)
+        assert isinstance(response.body, bytes)
+        return {EXCHANGE_HEADER: call.id}, response.body
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from firewall.proxy.connection import runner_for
+
 T = TypeVar("T")
 
 AppSource = web.Application | Callable[[], web.Application | Awaitable[web.Application]]
@@ -158,7 +160,7 @@ class ServerThread:
         runner: web.AppRunner | None = None
         try:
             app = await _build_app(self._source)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
+            runner = runner_for(app, access_log=None, shutdown_timeout=self._shutdown_timeout)
             await runner.setup()
             site = web.TCPSite(runner, self.host, self._requested_port)
             await site.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import socket
 import ssl
 import subprocess
@@ -463,3 +464,45 @@ def test_modes_and_listen_addresses_are_checked(tmp_path, capsys):
     assert main(["run", "--mode", "reverse,forward", "--policy", policy, "--listen", "127.0.0.1:8080",
                  "--listen", "127.0.0.1:8080"]) == 2
     assert "different addresses" in capsys.readouterr().err
+
+
+# -- limits and shutdown ---------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_before_mitmproxy_reads_it_and_recorded(tmp_path, tls_upstream, test_ca, ca_dir):
+    running = start_forward(tmp_path, policy_for(tls_upstream), test_ca, ca_dir=ca_dir,
+                            extra=("--mode", "forward", "--listen", "127.0.0.1:0", "--max-body-bytes", "4096"))
+    try:
+        tls_upstream.fake.reset()
+        client = running.client(tls_upstream.url + "/v1")
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x " * 4000}])
+        assert refused.value.status_code == 413
+        assert tls_upstream.fake.received == []
+        [record] = running.records(at_least=1)
+        assert (record["event"], record["status"]) == ("body_too_large", 413)
+        assert "larger than the firewall's limit of 4096 bytes" in record["error"]
+    finally:
+        running.stop()
+
+
+def test_sigterm_lets_a_forwarded_stream_finish_then_exits_0(tmp_path, tls_upstream, test_ca, ca_dir):
+    running = start_forward(tmp_path, policy_for(tls_upstream), test_ca, ca_dir=ca_dir,
+                            extra=("--mode", "forward", "--listen", "127.0.0.1:0", "--drain-seconds", "60"))
+    words = "one two three four five six seven eight nine ten eleven twelve"
+    try:
+        tls_upstream.fake.reset()
+        tls_upstream.fake.add_reply(words, chunk_delay=0.1)
+        stream = running.client(tls_upstream.url + "/v1").chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "count"}], stream=True)
+        parts = iter(stream)
+        received = next(parts).choices[0].delta.content or ""  # the stream is in flight
+        running.process.send_signal(signal.SIGTERM)
+        received += "".join(part.choices[0].delta.content or "" for part in parts if part.choices)
+        assert received == words
+        assert running.process.wait(60) == 0, running.log
+        records = running.records(at_least=2)
+        assert [(r["direction"], r["action"]) for r in records] == [("request", "allow"), ("response", "allow")]
+        assert records[1]["stream"] is True and records[1].get("note") is None
+    finally:
+        running.stop()

@@ -1,7 +1,8 @@
 """Hostile input: each request that would cost the firewall too much, or that two parsers
 could read two ways, is refused in the provider's error shape, recorded, and never
-reaches the upstream. Framing that aiohttp's own parser refuses gets aiohttp's plain 400
-before any handler runs: nothing forwarded, and no record (there is no handler to write it).
+reaches the upstream. Framing that aiohttp's own parser refuses, before there is a request
+to route, is answered in JSON and recorded too (firewall/proxy/connection.py), and so are
+headers that come too slowly.
 """
 
 from __future__ import annotations
@@ -215,13 +216,19 @@ SMUGGLING = {
 
 
 @pytest.mark.parametrize("case", sorted(SMUGGLING))
-def test_smuggling_framing_is_refused_by_the_parser_before_the_handler(start_firewall, fake, case):
+def test_smuggling_framing_is_refused_by_the_parser_and_recorded(start_firewall, fake, case):
     running = start_firewall(POLICY)
     response = raw_exchange(running.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                             b"Content-Type: application/json\r\n" + SMUGGLING[case])
     assert status_of(response) == 400
+    head, _, body = response.partition(b"\r\n\r\n")
+    answer = orjson.loads(body)
+    assert answer["error"]["message"].startswith("agent-firewall: the request is not well-formed HTTP: ")
     assert fake.received == []
-    assert running.records() == []  # aiohttp answered; no handler ran to record it
+    [record] = running.records()
+    assert (record["event"], record["status"], record["action"]) == ("malformed_http", 400, "block")
+    assert record["error"] == answer["error"]["message"].removeprefix("agent-firewall: ")
+    assert f"X-Firewall-Exchange-Id: {record['exchange']}".encode() in head
 
 
 def test_a_transfer_coding_before_chunked_reaches_the_handler_and_is_refused(start_firewall, fake):
@@ -242,12 +249,18 @@ def test_header_limits_are_configured(start_firewall, fake):
     status, _, _ = post(running.url + CHAT, chat("hello"), {"X-Padding": "p" * 900})
     assert status == 200
     written = len(running.records())
-    for extra in [b"X-Padding: " + b"p" * 2000 + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(20))]:
+    key = b"sk-proj-" + b"k" * 40  # a key in an oversized header reaches no answer and no record
+    for extra in [b"Authorization: Bearer " + key + b"p" * 2000 + b"\r\n", b"".join(b"X-%d: a\r\n" % i for i in range(20))]:
         response = raw_exchange(running.url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + extra
                                 + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
         assert status_of(response) == 400
+        assert b"agent-firewall: the request is not well-formed HTTP: " in response
     assert len(fake.received) == 1
-    assert len(running.records()) == written  # aiohttp answered; no handler ran to record it
+    refused = running.records()[written:]
+    assert [record["event"] for record in refused] == ["malformed_http", "malformed_http"]
+    assert [record["error"] for record in refused] == [
+        "the request is not well-formed HTTP: Got more than 1024 bytes when reading",
+        "the request is not well-formed HTTP: Too many headers received"]
 
 
 # -- time and concurrency ------------------------------------------------------------------
@@ -268,6 +281,41 @@ def test_a_body_sent_too_slowly_is_cut_off_with_408(start_firewall, fake):
     assert "did not arrive within 0.5 seconds" in answer["error"]["message"]
     assert fake.received == []
     assert events(running) == ["body_timeout"]
+
+
+def test_headers_sent_too_slowly_are_cut_off_with_408_and_recorded(start_firewall, fake):
+    running = start_firewall(POLICY, header_timeout=0.5)
+    host, port = running.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+        response = b""
+        while chunk := sock.recv(65536):  # until the firewall closes the connection
+            response += chunk
+    assert status_of(response) == 408 and b"Connection: close" in response
+    answer = orjson.loads(response.partition(b"\r\n\r\n")[2])
+    assert "headers were not complete within 0.5 s" in answer["error"]["message"]
+    assert fake.received == []
+    assert events(running) == ["request_timeout"]
+
+
+def test_the_header_deadline_restarts_after_each_answer_and_closes_idle_connections_quietly(start_firewall, fake):
+    running = start_firewall(POLICY, header_timeout=0.5)
+    host, port = running.url.removeprefix("http://").split(":")
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for _ in range(2):  # two requests on one kept-alive connection, each answered whole
+            sock.sendall(request)
+            response = b""
+            while not (response.count(b"\r\n\r\n") and response.endswith(b"}")):
+                response += sock.recv(65536)
+            assert status_of(response) == 200
+        closed = b""
+        while chunk := sock.recv(65536):  # idle now: closed at the deadline, with nothing sent
+            closed += chunk
+    assert closed == b""
+    assert len(fake.received) == 2
+    assert [record.get("event") for record in running.records()].count("request_timeout") == 0
 
 
 class GatedUpstream:
