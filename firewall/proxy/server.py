@@ -596,6 +596,7 @@ class Firewall:
         self.metrics.requests.labels(wire.name, "200").inc()
         note = None
         recorded = False
+        ending: bytes | None = None  # how a stream that did not end cleanly ends, for the client
         try:
             try:
                 tail = b""
@@ -620,16 +621,25 @@ class Firewall:
                     raise
                 _uncancel()
                 note = "ended at shutdown: the drain deadline passed before the upstream finished"
-                await self._send(response, call, _end(guard, "agent-firewall: the firewall is shutting down; the "
-                                                      "stream was ended before the upstream finished"))
+                ending = _end(guard, "agent-firewall: the firewall is shutting down; the stream was ended before the "
+                                     "upstream finished")
             except (TimeoutError, aiohttp.ClientError) as error:
                 reason = str(error) or type(error).__name__
-                await self._send(response, call, _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})"))
+                ending = _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})")
             except BodyShapeError as error:
-                await self._send(response, call, _end(guard, f"agent-firewall: the {wire.provider} upstream sent a stream the firewall cannot inspect ({error})"))
+                ending = _end(guard, f"agent-firewall: the {wire.provider} upstream sent a stream the firewall cannot "
+                                     f"inspect ({error})")
+            except _ClientGone:
+                raise  # nobody to tell: recorded below with its note
             except Exception as error:  # noqa: BLE001 - a bug must end the stream closed, not hang it
                 log.exception("internal error in stream %s", call.id)
-                await self._send(response, call, _end(guard, f"agent-firewall: internal error while inspecting the stream ({type(error).__name__})"))
+                ending = _end(guard, f"agent-firewall: internal error while inspecting the stream ({type(error).__name__})")
+            if ending is not None:
+                # Recorded before the client reads how the stream ended, as a clean end is.
+                recorded = True
+                with contextlib.suppress(_AuditUnavailable):  # the stream ends in an error all the same
+                    self._write_stream_record(call, exchange, guard, note=note)
+                await self._send(response, call, ending)
             try:
                 await response.write_eof()
             except ConnectionResetError:
