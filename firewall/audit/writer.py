@@ -451,9 +451,10 @@ class AuditWriter:
             self.processors: list[Processor] = [
                 timestamper(clock), redact_secrets, self._chain, self._keep, render_jsonl
             ]
+            # bind(): the bound logger itself, not a lazy proxy that builds one on every write.
             self._logger = structlog.wrap_logger(
                 self._live, processors=self.processors, context_class=dict, wrapper_class=structlog.BoundLogger
-            )
+            ).bind()
             if fsync != "none":
                 _sync_directory(self.path.parent)
             if self._pending is not None:

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from firewall.agents.turns import StreamTurnIds, streamed_messages
+from firewall.agents.turns import knows_turn_ids, streamed_messages
 from firewall.audit.record import event_record
 from firewall.message_stream import MessageStreamGuard
 from firewall.model import Action, Exchange
@@ -206,7 +206,7 @@ class ForwardSteps:
         call, wire, exchange = forward.call, forward.wire, forward.exchange
         try:
             await self._handler._record_stream(call, wire, exchange, stream.guard, note=note)
-            if isinstance(stream.reader, StreamTurnIds):
+            if knows_turn_ids(stream.reader):
                 # As the reverse proxy does after a stream: the turn, as the agent received
                 # it, for a later request that continues it by id.
                 outcome = stream.guard.outcome()

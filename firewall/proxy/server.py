@@ -27,7 +27,15 @@ from firewall.agents import HOW_TO_IDENTIFY, Identity, IdentityError, IdentityRe
 from firewall.agents.guard import Admission, AgentGuard
 from firewall.agents.keys import KEY_PREFIX
 from firewall.agents.state import StateBackend, StateUnavailable, open_state
-from firewall.agents.turns import ContinuesTurns, Recalled, StreamTurnIds, TurnMemory, as_forwarded, in_body, streamed_messages
+from firewall.agents.turns import (
+    Recalled,
+    TurnMemory,
+    as_forwarded,
+    continues_turns,
+    in_body,
+    knows_turn_ids,
+    streamed_messages,
+)
 from firewall.audit.record import agent_record, event_record, exchange_record, stream_record
 from firewall.engine import Engine
 from firewall.model import Action, Decision, Direction, Exchange, Message
@@ -360,7 +368,7 @@ class Firewall:
         await self._agents(call, call.rt.guard.after_request(_author(wire, exchange), decision, call.admission))
         if decision.action is Action.BLOCK:
             return self._blocked(call, wire, exchange, decision)
-        if isinstance(wire, ContinuesTurns):
+        if continues_turns(wire):
             earlier = len(call.context.messages) if call.context is not None else 0
             call.said = as_forwarded(exchange.messages[earlier:], decision.rewrites)
         rewrites = in_body(decision.rewrites)  # an earlier turn's part is not in this body
@@ -376,7 +384,7 @@ class Firewall:
         `previous_response_id`) does not carry them: what this firewall saw of them goes
         in front of its messages, so that rules see the conversation. The request's audit
         record says which turn it continued (`context`), and when that turn is unknown."""
-        turn_id = wire.continues(exchange.body) if isinstance(wire, ContinuesTurns) else None
+        turn_id = wire.continues(exchange.body) if continues_turns(wire) else None
         if turn_id is None:
             return exchange, None
         try:
@@ -390,7 +398,7 @@ class Firewall:
         """Keep this turn (the request as forwarded, the answer `said` as the client received
         it) under the ids a later request may continue it by, after the turns it continued.
         Run through `_agents`: state that cannot be written is recorded, not fatal."""
-        if turn_ids and isinstance(wire, ContinuesTurns):
+        if turn_ids and continues_turns(wire):
             await self.turns.remember(wire.name, turn_ids, (*call.said, *said), after=call.context, agent=request.agent,
                                       ttl=call.rt.policy.spec.lineage.ttl)
         return []
@@ -651,7 +659,7 @@ class Firewall:
                 with contextlib.suppress(_AuditUnavailable):  # the stream has ended already: logged and counted
                     self._write_stream_record(call, exchange, guard, note=note)
             await self._stream_agents(call, exchange, guard)
-            if isinstance(reader, StreamTurnIds):
+            if knows_turn_ids(reader):
                 outcome = guard.outcome()
                 said = streamed_messages(outcome.released_text, outcome.tool_calls)
                 await self._agents(call, self._remember_turn(call, wire, exchange, reader.turn_ids(), said))
@@ -716,7 +724,7 @@ class Firewall:
         decision = await self._inspect(call, exchange, status=status)
         said = "\n".join(message.text for message in messages if message.role == "assistant")
         await self._agents(call, call.rt.guard.after_response(request_exchange, decision, said, call.admission))
-        if isinstance(wire, ContinuesTurns):
+        if continues_turns(wire):
             # A blocked answer never reached the client: only the request is remembered.
             answered = () if decision.action is Action.BLOCK else as_forwarded(messages, decision.rewrites)
             await self._agents(call, self._remember_turn(call, wire, request_exchange, wire.turn_ids(body), answered))
