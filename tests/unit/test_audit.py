@@ -111,6 +111,17 @@ def test_every_provider_key_header_is_redacted() -> None:
     assert set(redacted["request"]["headers"].values()) == {REDACTED}
 
 
+def test_a_key_named_only_by_its_folded_form_is_redacted_and_a_record_without_one_is_passed_on() -> None:
+    # "x-api-\u212aey" (a Kelvin sign for the k) folds to x-api-key; "X_API_KEY" too; a pair deep in a list.
+    record = {"tool": {"arguments": {"x-api-\u212aey": "s1", "X_API_KEY": "s2"}},
+              "calls": [[{"headers": [["COOKIE", "s3"]]}]]}
+    redacted = redact_secrets(None, "write", record)
+    assert redacted == {"tool": {"arguments": {"x-api-\u212aey": REDACTED, "X_API_KEY": REDACTED}},
+                        "calls": [[{"headers": [["COOKIE", REDACTED]]}]]}
+    plain = {"response": {"text": {"choices.0.content": "the authorization form is attached"}}}
+    assert redact_secrets(None, "write", plain) is plain  # nothing to redact: not copied
+
+
 def test_redaction_does_not_touch_the_callers_record() -> None:
     record = _record(1)
     redacted = redact_secrets(None, "write", record)
