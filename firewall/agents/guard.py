@@ -370,11 +370,18 @@ def _tool_names(exchange: Exchange) -> Iterable[str]:
         return
     tools = exchange.body.get("tools") if isinstance(exchange.body, dict) else None
     for tool in tools if isinstance(tools, list) else ():
-        if isinstance(tool, dict):
-            function = tool.get("function")
-            name = function.get("name") if isinstance(function, dict) else tool.get("name")
-            if isinstance(name, str):
-                yield name
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function")  # OpenAI chat; Anthropic and Responses name the tool itself
+        name = function.get("name") if isinstance(function, dict) else tool.get("name")
+        if isinstance(name, str):
+            yield name
+        # Gemini: one tool holds a list of function declarations (camelCase or snake_case, as the API reads both).
+        for key in ("functionDeclarations", "function_declarations"):
+            declared = tool.get(key)
+            for declaration in declared if isinstance(declared, list) else ():
+                if isinstance(declaration, dict) and isinstance(declaration.get("name"), str):
+                    yield declaration["name"]
     for message in exchange.messages:
         for call in message.tool_calls:
             yield call.name

@@ -242,6 +242,23 @@ def test_a_tool_the_agent_may_not_use_is_refused(gemini_firewall, fake):
     assert fake.received == []
 
 
+def test_a_function_the_agent_may_not_use_is_refused_when_it_is_only_offered(gemini_firewall, fake):
+    running = gemini_firewall(POLICY + "    agents:\n      tester: {match: {header: {X-Agent-Id: tester}}, tools: [lookup]}\n")
+    gemini = client(running)
+    offered = [types.Tool(function_declarations=[
+        types.FunctionDeclaration(name="lookup", description="find an order"),
+        types.FunctionDeclaration(name="send_email", description="send an email")])]
+    with pytest.raises(errors.ClientError) as refused:
+        gemini.models.generate_content(model=MODEL, contents=[user("where is order 12?")],
+                                       config=types.GenerateContentConfig(tools=offered))
+    assert refused.value.code == 403 and "send_email" in refused.value.message and "lookup," not in refused.value.message
+    # The same request offering only the allowed function passes (snake_case body, as curl would send it).
+    fake.add_reply("Order 12 is in Lyon.")
+    answer = post(running, {"contents": [{"role": "user", "parts": [{"text": "where is order 12?"}]}],
+                            "tools": [{"function_declarations": [{"name": "lookup"}]}]})
+    assert answer.status_code == 200 and len(fake.received) == 1
+
+
 # --- streamGenerateContent ---------------------------------------------------------------
 
 
