@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from firewall.testing import free_port
+
 __all__ = ["SKIP_VARIABLE", "RedisServer", "redis_server", "redis_server_binary", "running_redis_server", "start_redis_server"]
 
 SKIP_VARIABLE = "AFW_SKIP_REDIS"
@@ -98,7 +100,7 @@ def start_redis_server(directory: Path, password: str | None = None, port: int |
     directory.mkdir(parents=True, exist_ok=True)
     # A free port can be taken between our probe and the server's bind: try a few.
     for _ in range(1 if port is not None else 5):
-        chosen = port if port is not None else _free_port()
+        chosen = port if port is not None else free_port()
         server = RedisServer(_launch(binary, directory, chosen, password), chosen, directory, password)
         if _wait_until_ready(server):
             return server
@@ -139,12 +141,6 @@ def _launch(binary: str, directory: Path, port: int, password: str | None) -> su
     if password is not None:
         arguments += ["--requirepass", password]
     return subprocess.Popen(arguments, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((_HOST, 0))
-        return probe.getsockname()[1]
 
 
 def _wait_until_ready(server: RedisServer) -> bool:

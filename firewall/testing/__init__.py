@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from firewall.testing.fake_upstream import FakeUpstream, ReceivedRequest, Reply, run_fake_upstream
-from firewall.testing.servers import ServerThread
+from firewall.testing.servers import ServerThread, free_port
 
-__all__ = ["FakeUpstream", "ReceivedRequest", "Reply", "ServerThread", "run_fake_upstream"]
+__all__ = ["FakeUpstream", "ReceivedRequest", "Reply", "ServerThread", "free_port", "run_fake_upstream"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
@@ -199,3 +200,11 @@ async def _cancel_leftover_tasks() -> None:
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on at the moment of asking, for a server started in
+    another process (which must bind it itself: another test could take it first, rarely)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])

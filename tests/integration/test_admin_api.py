@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import orjson
 import pytest
 
 from firewall.proxy.admin import ADMIN_TOKEN_ENV, admin_app
-from firewall.testing import ServerThread
+from firewall.testing import ServerThread, free_port
 
 TOKEN = "a-long-enough-admin-token"
 POLICY = """
@@ -160,12 +159,6 @@ def test_metrics_count_requests_decisions_and_quarantined_agents(admin, fake):
     assert not any(line.startswith("agent_firewall_detector_seconds_count{") for line in lines)  # no detector ran
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("trigger", ["SIGHUP", "file change"])
 def test_a_signal_or_a_file_change_reloads_the_policy_and_a_broken_file_keeps_the_old_one(
         tmp_path: Path, upstream_server, trigger: str):
@@ -174,7 +167,7 @@ def test_a_signal_or_a_file_change_reloads_the_policy_and_a_broken_file_keeps_th
     fake_upstream.add_reply("ok")
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY.format(name="first", banned="pineapple"))
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "firewall.cli", "run", "--policy", str(path), "--listen", f"127.0.0.1:{port}",
          "--upstream", f"openai={upstream.url}", "--admin-listen", f"127.0.0.1:{admin_port}",

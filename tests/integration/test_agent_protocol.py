@@ -13,7 +13,6 @@ in another agent's request.
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import anthropic
@@ -22,6 +21,7 @@ import pytest
 
 from firewall.agents.drift import DriftStats, drift_key
 from firewall.agents.keys import hash_key, new_key
+from firewall.testing import free_port
 
 PROVIDER_KEY = "sk-ant-provider-key-held-by-the-firewall"
 MODEL = "gpt-4o-mini"
@@ -77,12 +77,6 @@ def refusal(running: Any, code: str, rule: str, *, agent: str) -> dict[str, Any]
     (record,) = events(running, code)
     assert record["agent"] == agent and record["rules"] == [{"id": rule}] and record["action"] == "block"
     return record
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- edges ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ words an agent's model said. When Redis goes away, each process applies its poli
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from firewall.agents.keys import hash_key, new_key
 from firewall.audit import read_records
 from firewall.proxy import SOURCE_HEADER
 from firewall.proxy.admin import ADMIN_TOKEN_ENV
-from firewall.testing import FakeUpstream, ServerThread
+from firewall.testing import FakeUpstream, ServerThread, free_port
 from tests.redis_server import RedisServer, running_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,12 +139,6 @@ class FirewallProcess:
         if not self.audit_path.exists():
             return []
         return [r for r in read_records(self.audit_path) if all(r.get(k) == v for k, v in wanted.items())]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

@@ -15,16 +15,11 @@ import openai
 import pytest
 
 from firewall.cli import main
+from firewall.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY = ROOT / "policies" / "default.yaml"
 CLI = [sys.executable, "-m", "firewall.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

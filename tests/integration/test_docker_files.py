@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from ruamel.yaml import YAML
 
 from firewall.audit import read_records
 from firewall.proxy.admin import ADMIN_TOKEN_ENV
+from firewall.testing import free_port
 from tests.redis_server import running_redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,12 +161,6 @@ def nginx_conf(upstreams: dict[str, int], listen: int, directory: Path) -> Path:
 
 
 # -- running processes ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes]:

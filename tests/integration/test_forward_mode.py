@@ -32,6 +32,7 @@ from cryptography import x509
 
 from firewall.audit import read_records
 from firewall.cli import main
+from firewall.testing import free_port
 from tests.tls_upstream import TestCA, TLSUpstream, make_test_ca, running_tls_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -405,7 +406,7 @@ def test_an_agent_set_up_with_the_printed_environment_goes_through_the_firewall(
 def test_one_process_serves_reverse_and_forward_with_one_agent_state(tmp_path, tls_upstream, test_ca, ca_dir):
     upstream = tls_upstream
     upstream.fake.reset()
-    reverse_port = _free_port()
+    reverse_port = free_port()
     policy = policy_for(upstream, violations=2)
     running = start_forward(tmp_path / "both", policy, test_ca, ca_dir=ca_dir,
                             extra=("--mode", "reverse,forward", "--listen", f"127.0.0.1:{reverse_port}",
@@ -436,12 +437,6 @@ def _read_answer(connection: ssl.SSLSocket) -> bytes:
     while len(body) < length:
         body += connection.recv(65536)
     return head + b"\r\n\r\n" + body
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 # -- refusals before anything listens ------------------------------------------------------

@@ -26,7 +26,7 @@ from firewall.audit import AuditWriter, read_records, verify
 from firewall.policy import load_policy_file
 from firewall.proxy import Firewall, ProxyConfig
 from firewall.proxy.admin import ADMIN_TOKEN_ENV, admin_app, readiness
-from firewall.testing import ServerThread
+from firewall.testing import ServerThread, free_port
 from tests.redis_server import running_redis_server
 
 TOKEN = "a-long-enough-admin-token"
@@ -49,12 +49,6 @@ def get(url: str) -> tuple[int, Any]:
             return response.status, orjson.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, orjson.loads(error.read())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(condition: Any, what: str, timeout: float = 60.0) -> None:
@@ -100,7 +94,7 @@ def run_firewall(tmp_path: Path, upstream_server) -> Iterator[Any]:
     def start(drain_seconds: float) -> FirewallProcess:
         policy = tmp_path / "policy.yaml"
         policy.write_text(POLICY)
-        port, admin_port = _free_port(), _free_port()
+        port, admin_port = free_port(), free_port()
         audit_path = tmp_path / f"audit-{len(processes)}.jsonl"
         process = subprocess.Popen(
             [sys.executable, "-m", "firewall.cli", "run", "--policy", str(policy), "--listen", f"127.0.0.1:{port}",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import pytest
 from firewall.agents.keys import hash_key
 from firewall.audit import read_records
 from firewall.proxy.admin import ADMIN_TOKEN_ENV
+from firewall.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP = 60.0
@@ -141,12 +141,6 @@ class Firewall:
         return status, body
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def firewall(tmp_path: Path, upstream_server, fake) -> Iterator[Firewall]:
     _, upstream = upstream_server
@@ -154,7 +148,7 @@ def firewall(tmp_path: Path, upstream_server, fake) -> Iterator[Firewall]:
     policy.write_text(POLICY)
     key_file = tmp_path / "openai.key"
     key_file.write_text(KEY["OpenAI provider key (--provider-key file:)"] + "\n")
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     environment = {**os.environ, ADMIN_TOKEN_ENV: KEY["admin token"],
                    "GEMINI_PROVIDER_KEY": KEY["Gemini provider key (--provider-key env:)"]}
     (tmp_path / "audit").mkdir()
