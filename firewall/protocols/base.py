@@ -115,6 +115,8 @@ class WireFormat(Protocol):
       becomes (the Agent Card's endpoint pointed at the firewall).
     - `continues(body) -> str | None` and `turn_ids(body)`: turns named by id rather than
       resent (OpenAI Responses' previous_response_id): see firewall/agents/turns.py.
+    - `answers_from_tools -> bool`: the answers are a tool server's (MCP), not the calling
+      agent's model's: no lineage record and no violation for the agent.
     """
 
     name: str  # openai_chat | anthropic_messages | ...

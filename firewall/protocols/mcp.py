@@ -96,6 +96,8 @@ class McpStreamableHttp:
     # spec allows ("no stream here"), and servers send what belongs to a request on the
     # answer to its POST, which is inspected.
     forwarded_methods: frozenset[str] = frozenset({"DELETE"})
+    # Answers are the tool server's (results, listings), not the calling agent's words.
+    answers_from_tools = True
 
     def __init__(self) -> None:
         self._asked: dict[_Key, _Asked] = {}

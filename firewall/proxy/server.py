@@ -690,6 +690,8 @@ class Firewall:
         ))
 
     async def _stream_agents(self, call: _Call, exchange: Exchange, guard: StreamGuard | MessageStreamGuard) -> None:
+        if _tool_answers(call.wire):
+            return
         outcome = guard.outcome()
         said = "\n".join(outcome.released_text.values())
         await self._agents(call, call.rt.guard.after_response(exchange, outcome.decision, said, call.admission))
@@ -723,7 +725,8 @@ class Firewall:
         )
         decision = await self._inspect(call, exchange, status=status)
         said = "\n".join(message.text for message in messages if message.role == "assistant")
-        await self._agents(call, call.rt.guard.after_response(request_exchange, decision, said, call.admission))
+        if not _tool_answers(wire):
+            await self._agents(call, call.rt.guard.after_response(request_exchange, decision, said, call.admission))
         if continues_turns(wire):
             # A blocked answer never reached the client: only the request is remembered.
             answered = () if decision.action is Action.BLOCK else as_forwarded(messages, decision.rewrites)
@@ -872,6 +875,13 @@ def _end(guard: StreamGuard | MessageStreamGuard, message: str) -> bytes:
 
 def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
     return [(key, value) for key, value in headers.items() if key.lower() not in _HOP_BY_HOP]
+
+
+def _tool_answers(wire: WireFormat | None) -> bool:
+    """The route's answers come from a tool server (MCP), not from the calling agent's
+    model: they are not fingerprinted as its words, nor is a blocked one its violation
+    (else a hostile tool server could have an agent quarantined)."""
+    return bool(getattr(wire, "answers_from_tools", False))
 
 
 def _author(wire: WireFormat, exchange: Exchange) -> Exchange:

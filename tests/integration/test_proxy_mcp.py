@@ -208,6 +208,22 @@ async def test_an_injected_tool_result_is_answered_as_a_tool_error(start_firewal
     assert [(r["direction"], r["blocking_rule"]) for r in blocked] == [("response", "injected-tool-result")]
 
 
+async def test_blocked_tool_results_are_the_tool_servers_not_violations_of_the_calling_agent(start_firewall, mcp_server):
+    # Two violations in the window would quarantine an agent: a hostile tool server answering
+    # three times with an injection must not be able to do that to the agent calling it.
+    running = firewall(start_firewall, mcp_server, POLICY + "quarantine: {violations: 2, window: 600}\n")
+
+    async with session(running.url) as client:
+        results = [await client.call_tool("fetch_page", {"url": "https://docs.example/start"}) for _ in range(3)]
+        after = await client.call_tool("lookup_weather", {"city": "Oslo"})
+
+    assert all(result.is_error for result in results)
+    assert text_of(after) == "Sunny in Oslo, 21 C."  # not quarantined
+    records = running.records()
+    assert len(blocks(records)) == 3
+    assert not [r for r in records if r.get("event") in ("quarantine", "violation") or r.get("rules") == [{"id": "quarantine"}]]
+
+
 async def test_an_injected_tool_result_with_respond_error_raises(start_firewall, mcp_server):
     running = firewall(start_firewall, mcp_server, BLOCK_POISONED_LISTINGS)
 
