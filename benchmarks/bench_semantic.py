@@ -11,7 +11,7 @@ the two do not share memory or warm caches: the child pins itself to one CPU
 and measures
 
 - load: the wall time of `semantic.build(...)`: imports, the SHA-256 check of the model
-  files, model and head construction;
+  files, model and head construction (MiniLM's int8 quantization included);
 - memory: VmRSS from /proc/self/status before loading (Python, numpy and the detector
   module imported), after loading, and after all the scoring below; and VmHWM, the peak;
 - latency per new message, every message unique so that no cache can help (the detector
@@ -247,9 +247,11 @@ def render(report: Report) -> str:
         f"total time of the calls. {WARMUP} untimed calls first.",
         f"- Messages: consecutive {SHORT_WORDS}- and {LONG_WORDS}-word windows of {report.source}, de-duplicated, "
         f"shuffled with seed {SEED}. A message longer than {_chunk_words()} words is scored in overlapping chunks "
-        "(`semantic.chunks`), each embedded: *chunks/msg*.",
+        "(`semantic.chunks`), each embedded: *chunks/msg*. MiniLM runs in int8 (its Linear layers quantized "
+        "at load, after the SHA-256 check) and embeds one chunk per forward pass, so *batch 32* saves only "
+        "the per-call overhead.",
         "- *load*: wall time of `semantic.build(...)`: imports (torch and sentence-transformers for MiniLM), the "
-        "SHA-256 check of every model file, model and head construction. *RSS*: VmRSS of the child before loading "
+        "SHA-256 check of every model file, model and head construction (for MiniLM, its int8 quantization). *RSS*: VmRSS of the child before loading "
         "(Python, numpy and the detector module imported), after loading, and after all the scoring; *peak*: VmHWM.",
         "",
         "| model | head | load (s) | RSS before (MiB) | RSS loaded (MiB) | RSS after scoring (MiB) | peak (MiB) |",

@@ -7,7 +7,9 @@ Run: .venv/bin/python training/semantic_head.py --model minilm      (then --mode
 
 Every text of the development corpora (benchmarks/detection/corpora.py) gets one label;
 the text is cut into the chunks the detector scores (`semantic.chunks`), and every chunk is
-a training row with its text's label. 30% of the texts are held out (`corpora.split_of`) and
+a training row with its text's label; so is every sentence of a benign training text (as
+benign), so that short everyday text is not out of the head's distribution. 30% of the
+texts are held out (`corpora.split_of`) and
 scored as the detector scores them, by their worst chunk; the threshold that keeps the
 benign held-out FPR at or under 1% is written into the head (`threshold_fpr1`).
 
@@ -20,9 +22,11 @@ safetensors header is written in a fixed order.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import math
+import multiprocessing
 import struct
 import sys
 import time
@@ -105,7 +109,7 @@ def collect(loaded: Sequence[corpora.Loaded]) -> tuple[list[Text], list[Collisio
             if not sample.text.strip() or (corpus.name, sample.group) in EXCLUDED_GROUPS:
                 continue
             label = _label(corpus.name, sample, threat_families)
-            key = " ".join(sample.text.split()).casefold()
+            key = _key(sample.text)
             if key in first:
                 collisions.append(Collision(sample.text, first[key], (corpus.name, label)))
                 continue
@@ -125,13 +129,43 @@ def _label(corpus: str, sample: corpora.Sample, threat_families: set[str]) -> st
     return _HARMFUL_LABEL[corpus]
 
 
+def benign_sentences(texts: Sequence[Text]) -> list[str]:
+    """Every sentence (of 3 words or more, `semantic.sentences`) of the benign training
+    texts, as extra benign rows. Why: the chunks of a long benign text are 48-word windows
+    and the harmful requests are single short sentences, so a first head learnt that a
+    short sentence is harm ("Sure, here you go." scored P(harm) 0.997). The sentences of
+    writing tasks, tool outputs and knowledge-base articles are short benign text.
+
+    From the training side only; a sentence that is also a collected text (of either side,
+    in any corpus) is left out, so that no held-out text is trained on, and a sentence that
+    is already one of its text's chunks is not repeated."""
+    known = {_key(text.sample.text) for text in texts}
+    out: dict[str, None] = {}
+    for text in texts:
+        # HateCheck's benign cases are counter-speech and negation: one of their sentences
+        # alone can be the hateful quote they answer.
+        if text.split != "train" or text.label != "benign" or text.corpus in _THRESHOLD_EXCLUDES:
+            continue
+        for sentence in semantic.sentences(text.sample.text):
+            key = _key(sentence)
+            if key not in known and sentence not in text.chunks:
+                out.setdefault(sentence, None)
+    return list(out)
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
 # -- embeddings -------------------------------------------------------------------------
 
 
 def embed_chunks(model: str, pieces: Sequence[str]) -> np.ndarray:
     """One unit row per chunk; chunks embedded before (by any run) come from the cache,
     keyed by the chunk's own hash, so adding a corpus embeds only its chunks."""
-    path = CACHE / f"embeddings-{model}.npz"
+    # Named by what the embedder computes (semantic.EMBEDDINGS: MiniLM runs in int8), so a
+    # head is never fitted to embeddings of another precision than the detector's.
+    path = CACHE / f"embeddings-{semantic.EMBEDDINGS[model]}.npz"
     known: dict[bytes, np.ndarray] = {}
     if path.exists():
         with np.load(path) as cached:
@@ -140,18 +174,28 @@ def embed_chunks(model: str, pieces: Sequence[str]) -> np.ndarray:
     missing = list(dict.fromkeys(key for key in keys if key not in known))
     if missing:
         text_of = dict(zip(keys, pieces, strict=True))
-        embedder = semantic.load_embedder(model, threads=THREADS)
         started = time.monotonic()
-        for start in range(0, len(missing), _EMBED_BLOCK):
-            block = missing[start : start + _EMBED_BLOCK]
-            known.update(zip(block, embedder.embed([text_of[key] for key in block]), strict=True))
-            _log(f"embeddings: {min(start + _EMBED_BLOCK, len(missing)):,}/{len(missing):,} new chunks "
-                 f"({time.monotonic() - started:.0f} s)")
+        # The embedder runs in a child process: once torch (and its OpenMP runtime) was
+        # loaded, the MLP fitted in this process came out different, so a run that had to
+        # embed and a run from the cache wrote different bytes.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            for start in range(0, len(missing), _EMBED_BLOCK):
+                block = missing[start : start + _EMBED_BLOCK]
+                rows = pool.submit(_embed, model, [text_of[key] for key in block]).result()
+                known.update(zip(block, rows, strict=True))
+                _log(f"embeddings: {min(start + _EMBED_BLOCK, len(missing)):,}/{len(missing):,} new chunks "
+                     f"({time.monotonic() - started:.0f} s)")
         CACHE.mkdir(parents=True, exist_ok=True)
         ordered = sorted(known)
         np.savez(path, keys=np.asarray(ordered, dtype="S16"), rows=np.stack([known[key] for key in ordered]))
     _log(f"embeddings: {len(pieces):,} chunks, {len(pieces) - len(missing):,} from {path.relative_to(_REPO)}")
     return np.stack([known[key] for key in keys]).astype(np.float32)
+
+
+def _embed(model: str, texts: list[str]) -> np.ndarray:
+    """In the child process: `texts` embedded as the detector embeds them."""
+    return semantic.load_embedder(model, threads=THREADS).embed(texts)
 
 
 # -- training ---------------------------------------------------------------------------
@@ -314,13 +358,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for index, text in enumerate(texts):
         pieces.extend(text.chunks)
         owner.extend([index] * len(text.chunks))
-    embeddings = embed_chunks(args.model, pieces)
+    extra = benign_sentences(texts)
+    _log(f"benign sentences: {len(extra):,} extra benign rows from the training side")
+    embedded = embed_chunks(args.model, pieces + extra)
+    embeddings, extra_rows = embedded[: len(pieces)], embedded[len(pieces) :]
     owners = np.asarray(owner)
     label_of = np.asarray([LABELS.index(t.label) for t in texts])
     is_train = np.asarray([t.split == "train" for t in texts])
 
     train_rows = is_train[owners]
-    layers, classifier = train(embeddings[train_rows], label_of[owners][train_rows])
+    layers, classifier = train(np.concatenate([embeddings[train_rows], extra_rows]),
+                               np.concatenate([label_of[owners][train_rows], np.zeros(len(extra), dtype=int)]))
 
     validation = [t for t in texts if t.split == "validation"]
     val_index = np.flatnonzero(~is_train)
@@ -337,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metadata = {
         "threshold_fpr1": f"{threshold:.6f}",
         "label_thresholds_fpr1": json.dumps({k: round(v, 6) for k, v in label_thresholds.items()}, sort_keys=True),
-        "chunks_sha256": hashlib.sha256("\0".join(pieces).encode("utf-8")).hexdigest(),
+        "chunks_sha256": hashlib.sha256("\0".join(pieces + extra).encode("utf-8")).hexdigest(),
+        "embeddings": semantic.EMBEDDINGS[args.model],
         "trained_by": "training/semantic_head.py; data card docs/semantic-head.md",
     }
     data = serialize(args.model, layers, metadata)
@@ -356,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"# semantic head: {args.model}\n\nWrote {out.relative_to(_REPO) if out.is_relative_to(_REPO) else out} "
           f"(sha256 {digest}).\n")
-    print(_counts(texts, collisions) + "\n")
+    print(_counts(texts, collisions, len(extra)) + "\n")
     print(report(validation, scores, threshold, label_thresholds))
     print(f"\nPer-label thresholds (P(label), worst chunk, ≤ {TARGET_FPR:.0%} benign FPR): "
           + ", ".join(f"{k} {v:.6f}" for k, v in label_thresholds.items()))
@@ -374,7 +423,7 @@ def _verify(path: Path, classifier: object, rows: np.ndarray) -> None:
     _log(f"verified: load_head({path.name}) matches predict_proba within {gap:.1e}")
 
 
-def _counts(texts: Sequence[Text], collisions: Sequence[Collision]) -> str:
+def _counts(texts: Sequence[Text], collisions: Sequence[Collision], sentences: int) -> str:
     lines = ["| label | train texts | train chunks | validation texts | validation chunks |",
              "| --- | ---: | ---: | ---: | ---: |"]
     tally: Counter[tuple[str, str, str]] = Counter()
@@ -384,7 +433,8 @@ def _counts(texts: Sequence[Text], collisions: Sequence[Collision]) -> str:
     for label in LABELS:
         lines.append(f"| {label} | {tally[(label, 'train', 'texts')]:,} | {tally[(label, 'train', 'chunks')]:,} | "
                      f"{tally[(label, 'validation', 'texts')]:,} | {tally[(label, 'validation', 'chunks')]:,} |")
-    lines += ["", "| corpus | label | train texts | validation texts | chunks |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += ["", f"Extra benign rows: {sentences:,} sentences of benign training texts (`benign_sentences`).",
+              "", "| corpus | label | train texts | validation texts | chunks |", "| --- | --- | ---: | ---: | ---: |"]
     per: Counter[tuple[str, str, str]] = Counter()
     for text in texts:
         per[(text.corpus, text.label, text.split)] += 1

@@ -54,6 +54,22 @@ def test_a_model_file_that_differs_from_the_recorded_hash_is_refused(tmp_path: P
         semantic.check_files("minilm", subset, copy)
 
 
+def test_minilm_runs_in_int8_and_a_text_embeds_the_same_whatever_its_neighbours(minilm):
+    import torch
+
+    # The Linear layers are quantized at load (the shipped head is trained on these embeddings).
+    linears = [m for m in minilm._model.modules() if isinstance(m, torch.nn.Linear)]
+    quantized = [m for m in minilm._model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+    assert quantized and not linears
+    # int8 activations share one scale per forward pass: batched with a shorter text, a text
+    # came out different. Each text is embedded alone, so its neighbours do not matter.
+    text = "Sure, here you go."
+    alone = minilm.embed([text])[0]
+    for batch in ([text, "hello"], ["hello", text, "a much longer text " * 20]):
+        np.testing.assert_array_equal(minilm.embed(batch)[batch.index(text)], alone)
+    assert semantic.EMBEDDINGS["minilm"] == "minilm-int8"
+
+
 def test_an_unknown_model_or_option_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'bert'; available models: minilm, wordllama"):
         semantic.build({"model": "bert"})
