@@ -250,7 +250,11 @@ def run_load(load: Any, args: argparse.Namespace) -> None:
     except ImportError:
         runner = asyncio.run
     args.watch.append(f"load={os.getpid()}")
-    print(json.dumps(asdict(runner(load(args)))), flush=True)
+    result = json.dumps(asdict(runner(load(args))))
+    # An event loop may leave stdout non-blocking: a result over the pipe's 64 KiB would
+    # then be cut where the pipe was full (seen with 600 streams' timings).
+    os.set_blocking(sys.stdout.fileno(), True)
+    print(result, flush=True)
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -519,9 +523,8 @@ def render(measurements: Sequence[Measurement], layout: Layout, machine: dict[st
                      f"| {side:.0f} | {audit} |")
     lines += ["", *_aims(measurements, direct), ""]
     lines += [
-        "For scale (figures quoted in issue 2, not measured by us): mitmproxy in reverse mode passes "
-        "about 370 requests/s on one core of this machine, and LiteLLM publishes a 12 ms median "
-        "overhead for its proxy.",
+        "mitmproxy and the LiteLLM proxy, measured on this machine side by side with the firewall: "
+        "benchmarks/compare/run.py, section \"Compared with the alternatives (issue 10)\".",
         "",
     ]
     return "\n".join(lines)
