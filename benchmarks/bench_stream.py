@@ -320,7 +320,7 @@ def _replay(sample: bytes, policy_path: Path) -> Replay:
     policy = load_policy_file(policy_path)
     request = Exchange(id="ex_replay", direction=Direction.REQUEST, provider="openai", route="openai_chat",
                        messages=(), model="gpt-4o-mini", agent="researcher", stream=True)
-    holdback = HoldBack.for_policy(policy)
+    holdback = HoldBack.for_policy(policy, "openai_chat")  # as the firewall holds back on this route
     guard = StreamGuard(Engine(policy), OpenAIChat().stream_reader(), request, holdback)
     seen = 0  # content events fed so far
     wait = None

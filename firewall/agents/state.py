@@ -13,6 +13,7 @@ Keys are plain strings chosen by the modules that use them (`quarantine:<agent>`
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -106,6 +107,10 @@ class MemoryState:
         self._members: dict[str, _Member] = {}
         self._ages: deque[tuple[int, str]] = deque()  # (serial, member), oldest first
         self._serial = 0
+        # Values written with a ttl and never read again (a Responses turn) must go too:
+        # a heap of (expiry, key), one entry per key, looked at a few entries per write.
+        self._expiring: list[tuple[float, str]] = []
+        self._tracked: set[str] = set()
 
     def _live(self, expires: float | None) -> bool:
         return expires is None or expires > self._clock()
@@ -126,7 +131,29 @@ class MemoryState:
         return [await self.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self._values[key] = (bytes(value), self._expiry(ttl))
+        expires = self._expiry(ttl)
+        self._values[key] = (bytes(value), expires)
+        if expires is not None and key not in self._tracked:
+            self._tracked.add(key)
+            heapq.heappush(self._expiring, (expires, key))
+        self._drop_expired_values()
+
+    def _drop_expired_values(self, most: int = 8) -> None:
+        """Drop up to `most` values whose ttl has passed, the soonest first: a bounded
+        share of work per write, which keeps up since each write adds at most one entry."""
+        now = self._clock()
+        heap, values = self._expiring, self._values
+        for _ in range(most):
+            if not heap or heap[0][0] > now:
+                return
+            _, key = heapq.heappop(heap)
+            found = values.get(key)
+            if found is not None and found[1] is not None and found[1] > now:
+                heapq.heappush(heap, (found[1], key))  # written again since, with a later expiry
+                continue
+            if found is not None and found[1] is not None:
+                del values[key]
+            self._tracked.discard(key)
 
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)

@@ -91,3 +91,22 @@ async def test_a_lineage_record_past_its_ttl_is_dropped_by_the_next_record():
     await lineage.record("planner", "ex_2", second)
     buckets = fingerprint(second, spec).bucket_keys(spec.sample)  # type: ignore[union-attr]
     assert state.held == {"values": 1, "sets": len(buckets), "members": 1, "counters": 0}
+
+
+async def test_values_past_their_ttl_are_dropped_as_others_are_written_not_only_when_read():
+    clock = Clock(100.0)
+    state = MemoryState(clock=clock)
+    for n in range(100):  # Responses turns: written once, with a ttl, never read again
+        await state.set(f"turns:{n}", b"turn", ttl=10)
+    await state.set("kept", b"no ttl")
+    await state.set("rewritten", b"first", ttl=10)
+    clock.now = 105.0
+    await state.set("rewritten", b"second", ttl=60)  # its expiry moved: it must stay
+    clock.now = 111.0
+    for n in range(20):  # a few writes are enough: each drops up to eight expired values
+        await state.set(f"later:{n}", b"x", ttl=600)
+    assert state.held["values"] == 1 + 1 + 20  # kept, rewritten, the later ones
+    assert await state.get("rewritten") == b"second" and await state.get("kept") == b"no ttl"
+    clock.now = 200.0
+    await state.set("one more", b"x")
+    assert state.held["values"] == 1 + 20 + 1  # "rewritten" has gone too, unread
