@@ -82,6 +82,9 @@ class FirewallConnection(web.RequestHandler):
         transport = self.transport
         if self._request_count != self._answered or transport is None or transport.is_closing():
             return  # a request came (its answer re-arms), or the connection is gone
+        if getattr(self, "_current_request", None) is not None or getattr(self, "_messages", None):
+            self._arm()  # a pipelined request is still being answered or waits its turn: not idle
+            return
         if not self._partial:
             self.force_close()  # idle keep-alive: nothing to refuse, nothing to record
             transport.close()

@@ -318,6 +318,24 @@ def test_the_header_deadline_restarts_after_each_answer_and_closes_idle_connecti
     assert [record.get("event") for record in running.records()].count("request_timeout") == 0
 
 
+def test_a_pipelined_request_answered_after_the_header_deadline_is_not_cut_off(start_firewall, fake):
+    running = start_firewall(POLICY, header_timeout=0.3)
+    fake.add_reply("first answer", times=1)
+    fake.add_reply("second answer", delay=1.0)  # answered well after the deadline
+    host, port = running.url.removeprefix("http://").split(":")
+    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request + request)  # both at once: the second waits for the first's answer
+        response = b""
+        while response.count(b"HTTP/1.1 200") < 2 or not response.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection was closed with: {response!r}"
+            response += chunk
+    assert b"first answer" in response and b"second answer" in response
+    assert len(fake.received) == 2
+
+
 class GatedUpstream:
     """An OpenAI-like upstream whose streams stay open until `release` is set: a stream
     that holds its slot for as long as the test needs, with no timing involved."""
