@@ -136,7 +136,19 @@ class MemoryState:
         if expires is not None and key not in self._tracked:
             self._tracked.add(key)
             heapq.heappush(self._expiring, (expires, key))
+            if len(self._expiring) > 2 * len(self._tracked) + 1024:
+                self._compact_expiring()
         self._drop_expired_values()
+
+    def _compact_expiring(self) -> None:
+        """Rebuild the heap from the values still tracked: entries of values deleted before
+        their expiry (a lineage record forgotten beyond max_members) would otherwise stay
+        until it, one per record of the last `ttl`."""
+        values = self._values
+        self._expiring = [(found[1], key) for key in self._tracked
+                          if (found := values.get(key)) is not None and found[1] is not None]
+        heapq.heapify(self._expiring)
+        self._tracked = {key for _, key in self._expiring}
 
     def _drop_expired_values(self, most: int = 8) -> None:
         """Drop up to `most` values whose ttl has passed, the soonest first: a bounded
@@ -156,7 +168,7 @@ class MemoryState:
             self._tracked.discard(key)
 
     async def delete(self, key: str) -> None:
-        self._values.pop(key, None)
+        self._drop_value(key)
         self._windows.pop(key, None)
         self._totals.pop(key, None)
         self._sets.pop(key, None)
@@ -249,7 +261,11 @@ class MemoryState:
                     sets[key] = (next(iter(held)), until)
             # COMMON stays until it expires: the shingle is still a stock phrase
         for key in entry.attached:
-            self._values.pop(key, None)
+            self._drop_value(key)
+
+    def _drop_value(self, key: str) -> None:
+        self._values.pop(key, None)
+        self._tracked.discard(key)  # its heap entry, if any, goes at the next compaction
 
     @property
     def held(self) -> dict[str, int]:

@@ -110,3 +110,12 @@ async def test_values_past_their_ttl_are_dropped_as_others_are_written_not_only_
     clock.now = 200.0
     await state.set("one more", b"x")
     assert state.held["values"] == 1 + 20 + 1  # "rewritten" has gone too, unread
+
+
+async def test_records_forgotten_beyond_max_members_leave_no_expiry_entries_behind():
+    state = MemoryState()
+    for n in range(20_000):  # a day's ttl, far more records than the cap: evicted, not expired
+        await state.set(f"rec:{n}", b"record", ttl=86_400)
+        await state.index_add([f"own:{n}"], f"m{n}", ttl=86_400, attached=[f"rec:{n}"], max_members=100)
+    assert state.held["values"] == 100 and state.held["members"] == 100
+    assert len(state._expiring) <= 2 * 100 + 1024 + 1  # bounded by what is held, not by what was written
