@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import parse_qsl
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
@@ -42,11 +41,22 @@ from firewall.proxy.server import (
     _Call,
     _end,
 )
+from firewall.proxy.upstream import UpstreamClient
 from firewall.stream import StreamGuard
 
 __all__ = ["Answer", "Forward", "ForwardSteps", "GuardedStream", "RequestView"]
 
 log = logging.getLogger("firewall.forward")
+
+
+class _WholeBody:
+    """A request body's stream as `limits.read_body` asks it: at its end already."""
+
+    def is_eof(self) -> bool:
+        return True
+
+
+_WHOLE = _WholeBody()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,10 @@ class RequestView:
     @property
     def query(self) -> MultiDictProxy[str]:
         return MultiDictProxy(MultiDict(parse_qsl(self.query_string, keep_blank_values=True)))
+
+    @property
+    def content(self) -> _WholeBody:
+        return _WHOLE  # mitmproxy hands over a body that has arrived whole
 
     async def read(self) -> bytes:
         if len(self.body) > self.max_body_bytes:
@@ -151,7 +165,7 @@ class ForwardSteps:
     def passed(self, forward: Forward, status: int) -> None:
         """Record the answer to a route the policy forwards uninspected."""
         call = forward.call
-        self.firewall.metrics.requests.labels(forward.wire.name, str(status)).inc()
+        self.firewall.metrics.answered(forward.wire.name, status)
         self.firewall.record(event_record(
             call.id, event=forward.event, agent=call.identity.agent if call.identity else None,
             route=f"{forward.method} {forward.path.split('?', 1)[0]}", status=status, error=forward.note,
@@ -188,7 +202,7 @@ class ForwardSteps:
             out.append((TAGS_HEADER, ",".join(call.tags)))
         if call.source:
             out.append((SOURCE_HEADER, call.source))
-        self.firewall.metrics.requests.labels(wire.name, "200").inc()
+        self.firewall.metrics.answered(wire.name, 200)
         forward.stream = GuardedStream(guard, forward, tuple(out), reader)
         return forward.stream
 
@@ -280,7 +294,7 @@ class _ForwardingFirewall(Firewall):
     runtime, agent state, audit log and metrics for both listeners, and a reload through
     either is seen by both. Only the methods that would call an upstream differ: the
     inspected request (`_forward`), the one passed uninspected (`_pass_through`), and, as
-    a backstop, the upstream session, so that a path not replaced here fails closed
+    a backstop, the upstream client, so that a path not replaced here fails closed
     instead of reaching the reverse proxy's configured upstream."""
 
     def __init__(self, firewall: Firewall) -> None:  # no super().__init__: the state is the firewall's own
@@ -297,8 +311,9 @@ class _ForwardingFirewall(Firewall):
             passed.event, passed.note = event, note
         return passed
 
-    def _session(self, provider: str) -> aiohttp.ClientSession:
-        raise RuntimeError(f"forward mode: a step called the {provider} upstream itself; only mitmproxy may")
+    @property
+    def upstream(self) -> UpstreamClient:  # a property: found before the shared instance dictionary's client
+        raise RuntimeError("forward mode: a step called an upstream itself; only mitmproxy may")
 
     def _pass(self, request: web.Request, call: _Call, wire: WireFormat, exchange: Exchange | None,
               body: bytes) -> Forward | web.Response:

@@ -52,10 +52,19 @@ def loads_strict(raw: bytes | bytearray | memoryview | str, *, max_depth: int | 
     Invalid JSON raises `orjson.JSONDecodeError` (a ValueError), as `orjson.loads` does.
     """
     data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-    if max_depth is not None:
-        _check_depth(data, max_depth)
-    value = orjson.loads(raw)
-    if _count_members(data) == _parsed_members(value):
+    # orjson parses at most 1,024 levels deep, in C without recursion into Python, so the
+    # depth is checked on what it parsed (one walk with the members' count); a body it
+    # refuses is checked from its bytes, so that too deep is said as such.
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if max_depth is not None:
+            _check_depth(data, max_depth)
+        raise
+    members, depth = _parsed_shape(value)
+    if max_depth is not None and depth > max_depth:
+        raise NestingTooDeepError(depth, max_depth)
+    if _count_members(data) == members:
         return value
     path = _first_duplicate(data)
     if path is not None:
@@ -64,19 +73,21 @@ def loads_strict(raw: bytes | bytearray | memoryview | str, *, max_depth: int | 
 
 
 def _count_members(data: bytes) -> int:
-    if _ESCAPED_QUOTE not in data and _SPACED_COLON.search(data) is None:
+    # A one-byte search first: most bodies hold no backslash at all.
+    if (b"\\" not in data or _ESCAPED_QUOTE not in data) and _SPACED_COLON.search(data) is None:
         return data.count(_KEY_COLON)
     return sum(len(m.group(1)) % 2 == 0 for m in _MEMBER.finditer(data))
 
 
-def _parsed_members(value: Any) -> int:
+def _parsed_shape(value: Any) -> tuple[int, int]:
+    """The members of every object in `value`, and how deep its arrays and objects nest."""
     try:
-        return _members_recursive(value)
+        return _shape_recursive(value)
     except RecursionError:  # orjson nests deeper than Python's default recursion limit
-        return _members_iterative(value)
+        return _shape_iterative(value)
 
 
-def _members_recursive(item: Any) -> int:
+def _shape_recursive(item: Any) -> tuple[int, int]:
     # Recursion with exact type checks: about twice as fast as an explicit stack here.
     kind = type(item)
     if kind is dict:
@@ -86,25 +97,34 @@ def _members_recursive(item: Any) -> int:
         total = 0
         children = item
     else:
-        return 0
+        return 0, 0
+    deepest = 0
     for child in children:
         child_kind = type(child)
         if child_kind is dict or child_kind is list:
-            total += _members_recursive(child)
-    return total
+            members, depth = _shape_recursive(child)
+            total += members
+            if depth > deepest:
+                deepest = depth
+    return total, deepest + 1
 
 
-def _members_iterative(value: Any) -> int:
+def _shape_iterative(value: Any) -> tuple[int, int]:
     total = 0
-    stack = [value]
+    deepest = 0
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, dict):
             total += len(item)
-            stack.extend(item.values())
+            children = item.values()
         elif isinstance(item, list):
-            stack.extend(item)
-    return total
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return total, deepest
 
 
 class NestingTooDeepError(ValueError):
@@ -117,8 +137,8 @@ class NestingTooDeepError(ValueError):
 
 
 def _check_depth(data: bytes, limit: int) -> None:
-    """Refuse nesting deeper than `limit` from the bytes alone, before anything is parsed:
-    brackets are counted outside strings, without recursion."""
+    """Refuse nesting deeper than `limit` from the bytes alone: brackets are counted
+    outside strings, without recursion."""
     if data.count(b"[") + data.count(b"{") <= limit:
         return  # fewer openers than the limit: cannot nest deeper
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)

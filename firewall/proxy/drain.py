@@ -32,14 +32,14 @@ class Drain:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def enter(self) -> None:
-        """Count the current task (a request's handler) as in flight until `leave`."""
+    def enter(self) -> asyncio.Task[object] | None:
+        """Count the current task (a request's handler) as in flight until `leave(task)`."""
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        return task
 
-    def leave(self) -> None:
-        task = asyncio.current_task()
+    def leave(self, task: asyncio.Task[object] | None) -> None:
         if task is not None:
             self._tasks.discard(task)
 

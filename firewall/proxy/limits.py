@@ -82,11 +82,14 @@ def check_framing(headers: CIMultiDictProxy[str]) -> None:
 
 
 async def read_body(request: web.Request, limits: BodyLimits) -> bytes:
-    """The request body, decoded, within the limits (or LimitExceeded)."""
-    check_framing(request.headers)
+    """The request body, decoded, within the limits (or LimitExceeded). The framing is
+    the caller's to check first (`check_framing`)."""
     try:
-        async with asyncio.timeout(limits.body_timeout):
-            raw = await request.read()
+        if request.content.is_eof():
+            raw = await request.read()  # the whole body is in already: nothing to time
+        else:
+            async with asyncio.timeout(limits.body_timeout):
+                raw = await request.read()
     except TimeoutError:
         raise LimitExceeded(408, "body_timeout", f"the request body did not arrive within {limits.body_timeout:g} "
                             "seconds") from None

@@ -7,6 +7,7 @@ in one process, as in the tests, count apart.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -46,17 +47,36 @@ class Metrics:
         self.agent_events = Counter("agent_firewall_agent_events", "What the firewall learnt about agents, by event "
                                     "(lineage, quarantine, drift, protocol)", ["event"], registry=self.registry)
 
+        # Each labelled child once found, by its labels: `labels()` validates and locks on
+        # every call, and the proxy counts three or four times per request.
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def answered(self, route: str, status: int) -> None:
+        """An answer sent to an agent."""
+        self._child(self.requests, route, str(status)).inc()
+
+    def upstream_answered(self, provider: str, seconds: float) -> None:
+        """An upstream's response headers arrived after `seconds`."""
+        self._child(self.upstream_seconds, provider).observe(seconds)
+
     def decided(self, direction: Direction, decision: Decision) -> None:
         rules = decision.rules or ("-",)
         for rule in rules:
-            self.decisions.labels(str(direction), str(decision.action), rule).inc()
+            self._child(self.decisions, str(direction), str(decision.action), rule).inc()
         for run in decision.detectors:
             if run.texts:
-                self.detector_seconds.labels(run.detector).observe(run.ms / 1000)
+                self._child(self.detector_seconds, run.detector).observe(run.ms / 1000)
 
     def learnt(self, records: Iterable[dict[str, object]]) -> None:
         for record in records:
-            self.agent_events.labels(str(record.get("event", "other"))).inc()
+            self._child(self.agent_events, str(record.get("event", "other"))).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -49,6 +48,8 @@ from firewall.proxy.connection import CONNECTIONS
 from firewall.proxy.limits import BodyLimits, LimitExceeded, StreamSlots, check_framing, handler_args, read_body
 from firewall.proxy.drain import Drain
 from firewall.proxy.metrics import Metrics
+from firewall.proxy.upstream import (UpstreamBadResponse, UpstreamClient, UpstreamConnectTimeout, UpstreamError,
+                                     UpstreamResponse)
 from firewall.holdback import HoldBack, acts_mid_stream
 from firewall.message_stream import MessageStreamGuard
 from firewall.protocols.messages import MessageStreamReader
@@ -151,7 +152,7 @@ class Firewall:
         self.metrics = Metrics()
         self._runtime = _Runtime.build(policy, config, self.state)
         self._runtimes = [self._runtime]  # every one built, for their executors at shutdown
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self.upstream = UpstreamClient(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout)
         self._settling: set[asyncio.Task[None]] = set()
         self._drain = Drain()
         self.audit_problem: str | None = None  # why the last audit write failed; None once one succeeds
@@ -163,7 +164,7 @@ class Firewall:
             max_headers=config.max_headers))
         self.app[CONNECTIONS] = self
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.app.on_cleanup.append(self._close_sessions)
+        self.app.on_cleanup.append(self._close_upstream)
 
     @property
     def policy(self) -> Policy:
@@ -211,7 +212,7 @@ class Firewall:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
         guess = _guess_wire(request.path)
-        self._drain.enter()
+        task = self._drain.enter()
         try:
             if self._drain.draining:
                 return self._refuse(call, guess, 503, "the firewall is shutting down and takes no new request; "
@@ -238,7 +239,7 @@ class Firewall:
             except _AuditUnavailable:
                 return self._respond(call, 500, orjson.dumps((call.wire or guess).error_body(500, message)))
         finally:
-            self._drain.leave()
+            self._drain.leave(task)
             if call.holds_stream:
                 self.streams.give_back()
 
@@ -534,7 +535,7 @@ class Firewall:
             out[SOURCE_HEADER] = call.source
         if "Content-Type" not in out:
             out["Content-Type"] = content_type
-        self.metrics.requests.labels(call.wire.name if call.wire else "unknown", str(status)).inc()
+        self.metrics.answered(call.wire.name if call.wire else "unknown", status)
         return web.Response(status=status, body=body, headers=out)
 
     # -- upstream -------------------------------------------------------------------
@@ -544,7 +545,7 @@ class Firewall:
         upstream = self.config.upstreams.get(wire.provider)
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
-        url = upstream + _upstream_path(call.identity, request, wire)
+        target = _upstream_path(call.identity, request, wire)
         headers = self._upstream_headers(call, wire, request.headers)
         if headers is None:
             return self._no_provider_key(call, wire)
@@ -552,35 +553,36 @@ class Firewall:
         headers = [(key, value) for key, value in headers if key.lower() != "content-encoding"]
         started = time.perf_counter()
         try:
-            async with self._session(wire.provider).post(
-                url, data=body, headers=headers, allow_redirects=False,
-            ) as upstream_response:
+            async with self.upstream.request("POST", upstream, target, headers, body) as upstream_response:
                 call.timings["upstream_headers"] = time.perf_counter() - started
-                self.metrics.upstream_seconds.labels(wire.provider).observe(call.timings["upstream_headers"])
+                self.metrics.upstream_answered(wire.provider, call.timings["upstream_headers"])
                 if self._streams_incrementally(call, upstream_response):
                     # From here on the answer is being sent: the stream handles its own errors.
                     return await self._stream(request, call, wire, exchange, upstream_response)
                 data = await upstream_response.read()
                 status = upstream_response.status
                 response_headers = upstream_response.headers
-        except aiohttp.ConnectionTimeoutError:
+        except UpstreamConnectTimeout:
             return self._refuse(call, wire, 504, f"the {wire.provider} upstream could not be connected to within "
                                 f"{self.config.connect_timeout:g} seconds", event="upstream_timeout", direction="response")
         except TimeoutError:
             return self._refuse(call, wire, 504, f"the {wire.provider} upstream did not answer within "
                                 f"{self.config.read_timeout:g} seconds", event="upstream_timeout", direction="response")
-        except aiohttp.ClientError as error:
+        except UpstreamBadResponse as error:
+            return self._refuse(call, wire, 502, f"the {wire.provider} upstream sent a response the firewall cannot "
+                                f"inspect: {error}", event="bad_upstream_response", direction="response")
+        except UpstreamError as error:
             return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
                                 event="upstream_unreachable", direction="response")
         call.timings["upstream"] = time.perf_counter() - started
         return await self._inspect_response(call, wire, exchange, status, response_headers, data)
 
-    def _streams_incrementally(self, call: _Call, upstream: aiohttp.ClientResponse) -> bool:
+    def _streams_incrementally(self, call: _Call, upstream: UpstreamResponse) -> bool:
         return (upstream.status == 200 and call.rt.policy.stream.mode == "incremental"
                 and "text/event-stream" in upstream.headers.get("Content-Type", ""))
 
     async def _stream(self, request: web.Request, call: _Call, wire: WireFormat, exchange: Exchange,
-                      upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+                      upstream: UpstreamResponse) -> web.StreamResponse:
         """Relay a streamed answer through one StreamGuard: text reaches the client only
         once checked; a block or a broken upstream ends the stream in the SDK's terms."""
         reader = wire.stream_reader()
@@ -601,14 +603,14 @@ class Firewall:
             headers[SOURCE_HEADER] = call.source
         response = web.StreamResponse(status=200, headers=headers)
         await response.prepare(request)
-        self.metrics.requests.labels(wire.name, "200").inc()
+        self.metrics.answered(wire.name, 200)
         note = None
         recorded = False
         ending: bytes | None = None  # how a stream that did not end cleanly ends, for the client
         try:
             try:
                 tail = b""
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.iter_any():
                     out = guard.feed(chunk)
                     if guard.finished or getattr(guard, "at_end", False):
                         tail = out  # the stream's end: sent once its record is written
@@ -631,7 +633,7 @@ class Firewall:
                 note = "ended at shutdown: the drain deadline passed before the upstream finished"
                 ending = _end(guard, "agent-firewall: the firewall is shutting down; the stream was ended before the "
                                      "upstream finished")
-            except (TimeoutError, aiohttp.ClientError) as error:
+            except (TimeoutError, UpstreamError) as error:
                 reason = str(error) or type(error).__name__
                 ending = _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})")
             except BodyShapeError as error:
@@ -775,13 +777,11 @@ class Firewall:
         if headers is None:
             return self._no_provider_key(call, wire)
         try:
-            async with self._session(wire.provider).request(
-                request.method, upstream + _upstream_path(call.identity, request, wire), data=raw or None,
-                headers=headers, allow_redirects=False,
-            ) as response:
+            async with self.upstream.request(request.method, upstream, _upstream_path(call.identity, request, wire),
+                                             headers, raw or None) as response:
                 data, status = await response.read(), response.status
                 headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _RESPONSE_DROP]
-        except (TimeoutError, aiohttp.ClientError) as error:
+        except (TimeoutError, UpstreamError) as error:
             return self._refuse(call, wire, 502, f"the {wire.provider} upstream is unreachable: {error}",
                                 event="upstream_unreachable", direction="response")
         # A format may rewrite what passes (A2A: the Agent Card's endpoint points at the firewall).
@@ -828,23 +828,8 @@ class Firewall:
                             f"{wire.provider!r}: run the firewall with --provider-key {wire.provider}=env:VARIABLE",
                             event="no_provider_key")
 
-    def _session(self, provider: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(provider)
-        if session is None or session.closed:
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout,
-                                              sock_read=self.config.read_timeout),
-                skip_auto_headers=("User-Agent", "Content-Type"),
-                auto_decompress=True,
-            )
-            self._sessions[provider] = session
-        return session
-
-    async def _close_sessions(self, _app: web.Application) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+    async def _close_upstream(self, _app: web.Application) -> None:
+        await self.upstream.close()
         await self.state.close()
         for runtime in self._runtimes:
             if runtime.slow is not None:

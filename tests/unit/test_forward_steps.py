@@ -19,6 +19,7 @@ from firewall.audit import AuditWriter, read_records
 from firewall.forward.steps import Answer, Forward, ForwardSteps, GuardedStream, RequestView
 from firewall.policy import Policy
 from firewall.proxy import EXCHANGE_HEADER, Firewall, ProxyConfig
+from firewall.proxy.upstream import UpstreamClient
 
 VIOLENT = "the best solution is to murder him in his sleep"
 POLICY = """
@@ -133,10 +134,9 @@ async def test_no_step_reaches_an_upstream_by_itself(make_steps):
     steps, _ = make_steps()
     handler = steps._handler
     with pytest.raises(RuntimeError, match="only mitmproxy may"):
-        handler._session("openai")
-    # ...while the Firewall the reverse listener serves keeps its own upstream session.
-    assert steps.firewall._session("openai") is not None
-    await steps.firewall._session("openai").close()
+        handler.upstream.request("POST", "http://127.0.0.1:9", "/v1/chat/completions", [], b"{}")
+    # ...while the Firewall the reverse listener serves keeps its own upstream client.
+    assert isinstance(steps.firewall.upstream, UpstreamClient) and not steps.firewall.upstream.closed
 
 
 async def test_a_buffered_answer_is_inspected_whole(make_steps):
