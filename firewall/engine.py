@@ -71,6 +71,7 @@ class Engine:
                        for direction in Direction}
         self._memo: dict[tuple[bytes, tuple[Any, ...]], tuple[_Hit, ...]] = {}
         self._memo_size = memo_size
+        self._nothing = Decision(action=Action.ALLOW, intended=Action.ALLOW, mode=policy.defaults.mode)
 
     def inspect(self, exchange: Exchange, *, remember: bool = True) -> Decision:
         """Decide one exchange. `remember=False` for texts that will not come again
@@ -253,6 +254,8 @@ class Engine:
     def _decide(self, exchange: Exchange, hits: list[tuple[int, _Hit]], failures: list[_Failure],
                 runs: Sequence[DetectorRun] = ()) -> Decision:
         policy = self.policy
+        if not hits and not failures and not runs:
+            return self._nothing  # no rule applied and nothing ran: the one answer there is
         by_rule: dict[int, list[tuple[int, _Hit]]] = {}
         for message_index, hit in hits:
             by_rule.setdefault(hit.rule, []).append((message_index, hit))

@@ -79,6 +79,12 @@ class Quarantine:
         self._seen: dict[str, tuple[float, bytes | None]] = {}  # agent -> (read at, monotonic; raw record)
 
     async def status(self, agent: str, *, fresh: bool = False) -> AgentStatus:
+        if not fresh:
+            # Nearly every agent has no record (it was never throttled nor quarantined):
+            # read lately and found absent, it is observed, without the general path's work.
+            seen = self._seen.get(agent)
+            if seen is not None and seen[1] is None and time.monotonic() - seen[0] <= self._fresh_for:
+                return AgentStatus(agent)
         return (await self.statuses([agent], fresh=fresh))[0]
 
     async def statuses(self, agents: Sequence[str], *, fresh: bool = False) -> list[AgentStatus]:

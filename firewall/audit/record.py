@@ -66,7 +66,7 @@ def exchange_record(
         "rules": [finding_record(finding) for finding in decision.findings],
         "tags": list(decision.tags),
         "policy": {"name": policy_name, "sha256": policy_sha256},
-        "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
+        "timings_ms": _milliseconds(timings),
     }
     _add_verdict(record, decision)
     if exchange.provenance is not None:
@@ -85,6 +85,12 @@ def exchange_record(
     if messages:
         record["content"] = forwarded_messages(exchange, decision)
     return record
+
+
+def _milliseconds(timings: dict[str, float]) -> dict[str, float]:
+    # Rounded to the microsecond by round() without digits: round(x, 3) goes through a
+    # decimal string and cost more than the rest of the record.
+    return {name: round(value * 1_000_000) / 1000 for name, value in timings.items()}
 
 
 def forwarded_messages(exchange: Exchange, decision: Decision) -> list[dict[str, Any]]:
@@ -205,7 +211,7 @@ def stream_record(
         "holdback_max_chars": outcome.holdback_max,
         "events": {"in": outcome.events_in, "out": outcome.events_out},
         "policy": {"name": policy_name, "sha256": policy_sha256},
-        "timings_ms": {name: round(value * 1000, 3) for name, value in timings.items()},
+        "timings_ms": _milliseconds(timings),
     }
     _add_verdict(record, decision)
     if decision.blocking_rule:

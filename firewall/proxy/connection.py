@@ -47,6 +47,7 @@ class FirewallConnection(web.RequestHandler):
         super().__init__(manager, **kwargs)
         self._refusals = refusals
         self._deadline: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0  # loop time the deadline counts from
         self._answered = 0  # requests seen when the deadline was armed
         self._partial = False  # bytes of a request not yet complete have arrived
 
@@ -71,14 +72,21 @@ class FirewallConnection(web.RequestHandler):
         self._arm()  # the next request's headers are due within the deadline from now
 
     def _arm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        # Re-armed after every answer by moving its start: a timer already set fires at
+        # the old deadline and sets itself again for the new one (cheaper than cancelling
+        # and scheduling a timer per request).
+        self._armed_at = self._loop.time()
         self._answered = self._request_count
         self._partial = False
-        self._deadline = self._loop.call_later(self._refusals.header_timeout, self._headers_due)
+        if self._deadline is None:
+            self._deadline = self._loop.call_at(self._armed_at + self._refusals.header_timeout, self._headers_due)
 
     def _headers_due(self) -> None:
         self._deadline = None
+        due = self._armed_at + self._refusals.header_timeout
+        if due > self._loop.time():
+            self._deadline = self._loop.call_at(due, self._headers_due)
+            return
         transport = self.transport
         if self._request_count != self._answered or transport is None or transport.is_closing():
             return  # a request came (its answer re-arms), or the connection is gone

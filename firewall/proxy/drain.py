@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 __all__ = ["CUT_OFF", "Drain"]
 
@@ -32,14 +33,13 @@ class Drain:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def enter(self) -> asyncio.Task[object] | None:
-        """Count the current task (a request's handler) as in flight until `leave(task)`."""
-        task = asyncio.current_task()
+    def enter(self, task: asyncio.Task[Any] | None) -> None:
+        """Count `task` (a request's handler: aiohttp's `request.task`) as in flight until
+        `leave(task)`."""
         if task is not None:
             self._tasks.add(task)
-        return task
 
-    def leave(self, task: asyncio.Task[object] | None) -> None:
+    def leave(self, task: asyncio.Task[Any] | None) -> None:
         if task is not None:
             self._tasks.discard(task)
 

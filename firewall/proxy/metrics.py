@@ -51,25 +51,26 @@ class Metrics:
         # every call, and the proxy counts three or four times per request.
         self._children: dict[tuple[object, ...], Any] = {}
 
-    def _child(self, metric: Any, *labels: str) -> Any:
+    def _child(self, metric: Any, *labels: object) -> Any:
+        # Keyed by the label values as given (enums, ints); turned into text once, here.
         key = (metric, *labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            child = self._children[key] = metric.labels(*(str(label) for label in labels))
         return child
 
     def answered(self, route: str, status: int) -> None:
         """An answer sent to an agent."""
-        self._child(self.requests, route, str(status)).inc()
+        self._child(self.requests, route, status).inc()
 
     def upstream_answered(self, provider: str, seconds: float) -> None:
         """An upstream's response headers arrived after `seconds`."""
         self._child(self.upstream_seconds, provider).observe(seconds)
 
     def decided(self, direction: Direction, decision: Decision) -> None:
-        rules = decision.rules or ("-",)
+        rules = decision.rules if decision.findings else ("-",)
         for rule in rules:
-            self._child(self.decisions, str(direction), str(decision.action), rule).inc()
+            self._child(self.decisions, direction, decision.action, rule).inc()
         for run in decision.detectors:
             if run.texts:
                 self._child(self.detector_seconds, run.detector).observe(run.ms / 1000)

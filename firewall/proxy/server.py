@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +68,10 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
-# The upstream's response body reaches the client decoded (it had to be, to be inspected).
+# The upstream's response body reaches the client decoded (it had to be, to be inspected),
+# and so does an inspected request's body reach the upstream.
 _RESPONSE_DROP = _HOP_BY_HOP | {"content-encoding"}
+_DECODED_REQUEST_DROP = _RESPONSE_DROP
 
 log = logging.getLogger("firewall.proxy")
 
@@ -204,15 +207,16 @@ class Firewall:
     def refuse_unrouted(self, status: int, event: str, message: str) -> tuple[dict[str, str], bytes]:
         """A refusal before there is a request to route (firewall/proxy/connection.py):
         recorded like any other, answered in the OpenAI error shape (the route is unknown)."""
-        call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
+        call = _Call(id=_exchange_id(), rt=self._runtime)
         response = self._refuse(call, _OPENAI, status, message, event=event)
         assert isinstance(response.body, bytes)
         return {EXCHANGE_HEADER: call.id}, response.body
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        call = _Call(id="ex_" + os.urandom(12).hex(), rt=self._runtime)
+        call = _Call(id=_exchange_id(), rt=self._runtime)
         guess = _guess_wire(request.path)
-        task = self._drain.enter()
+        task = request.task
+        self._drain.enter(task)
         try:
             if self._drain.draining:
                 return self._refuse(call, guess, 503, "the firewall is shutting down and takes no new request; "
@@ -546,11 +550,10 @@ class Firewall:
         if upstream is None:
             return self._refuse(call, wire, 502, f"no upstream is configured for {wire.provider!r}", event="no_upstream")
         target = _upstream_path(call.identity, request, wire)
-        headers = self._upstream_headers(call, wire, request.headers)
+        # The body goes upstream as the firewall read it: decoded (limits.read_body).
+        headers = self._upstream_headers(call, wire, request.headers, drop=_DECODED_REQUEST_DROP)
         if headers is None:
             return self._no_provider_key(call, wire)
-        # The body goes upstream as the firewall read it: decoded (limits.read_body).
-        headers = [(key, value) for key, value in headers if key.lower() != "content-encoding"]
         started = time.perf_counter()
         try:
             async with self.upstream.request("POST", upstream, target, headers, body) as upstream_response:
@@ -799,16 +802,19 @@ class Firewall:
         ))
         return self._respond(call, status, data, headers=headers)
 
-    def _upstream_headers(self, call: _Call, wire: WireFormat, headers: CIMultiDictProxy[str]) -> list[tuple[str, str]] | None:
-        """The request's headers as the upstream gets them: an agent's firewall key never
-        leaves the firewall; where the agent authenticated with one, the provider key
-        takes its place (in the header the agent's SDK used). None: a provider key is
-        needed and none is configured."""
+    def _upstream_headers(self, call: _Call, wire: WireFormat, headers: CIMultiDictProxy[str], *,
+                          drop: frozenset[str] = _HOP_BY_HOP) -> list[tuple[str, str]] | None:
+        """The request's headers as the upstream gets them, without those in `drop`: an
+        agent's firewall key never leaves the firewall; where the agent authenticated with
+        one, the provider key takes its place (in the header the agent's SDK used). None: a
+        provider key is needed and none is configured."""
         out = []
         swap = call.identity is not None and call.identity.how == "key"
         provider_key = self.config.provider_keys.get(wire.provider)
-        for key, value in _forward_headers(headers):
+        for key, value in headers.items():
             lower = key.lower()
+            if lower in drop:
+                continue
             if lower == "authorization" and value.partition(" ")[2].strip().startswith(KEY_PREFIX):
                 if not swap or provider_key is None:
                     continue
@@ -858,8 +864,14 @@ def _end(guard: StreamGuard | MessageStreamGuard, message: str) -> bytes:
         return guard.abort(message)
 
 
-def _forward_headers(headers: CIMultiDictProxy[str]) -> list[tuple[str, str]]:
-    return [(key, value) for key, value in headers.items() if key.lower() not in _HOP_BY_HOP]
+# Exchange ids must be unique, not secret: drawn from a generator seeded from the OS once
+# per process (a getrandom(2) call per request cost more than the rest of naming it).
+_IDS = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _IDS.seed(os.urandom(32)))
+
+
+def _exchange_id() -> str:
+    return f"ex_{_IDS.getrandbits(96):024x}"
 
 
 def _tool_answers(wire: WireFormat | None) -> bool:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import re
 import ssl
 import sys
 import zlib
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import brotli
 import httptools
@@ -52,6 +52,9 @@ _PAUSE_AT: Final = 256 * 1024
 _RESUME_AT: Final = 64 * 1024
 _MAX_HEAD: Final = 64 * 1024  # status line and headers, as the upstream may send them
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+# RFC 3986's unreserved and reserved characters, and `%` (the target may be encoded already).
+_TARGET_SAFE: Final = "-._~:/?#[]@!$&'()*+,;=%"
+_UNSAFE_IN_TARGET: Final = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]")
 
 
 class UpstreamError(Exception):
@@ -385,41 +388,28 @@ class UpstreamClient:
         self._busy: set[_Connection] = set()
         self.closed = False
 
-    @asynccontextmanager
-    async def request(self, method: str, base: str, target: str, headers: Iterable[tuple[str, str]],
-                      body: bytes | None = None) -> AsyncIterator[UpstreamResponse]:
-        """Send `method` `base`+`target` (target: path and query) with `headers` and `body`;
-        the response once its headers are in. Leaving the block returns the connection to
-        the pool when the body was read whole, and closes it otherwise."""
-        if self.closed:
-            raise UpstreamError("the upstream client is closed")
-        scheme, host, port, host_header, prefix = _origin(base)
-        head = _request_head(method, prefix + target, host_header, headers, body)
-        connection = await self._connection(scheme, host, port)
-        self._busy.add(connection)
-        response: UpstreamResponse | None = None
-        try:
-            connection.send(head, body, head_only=method == "HEAD")
-            status, raw_headers = await connection.head()
-            response = UpstreamResponse(connection, status, raw_headers)
-            yield response
-        finally:
-            self._busy.discard(connection)
-            done = connection.complete and (response is None or response.whole or not connection._chunks)
-            if done and connection.reusable and not connection.closed and not self.closed:
-                self._release(scheme, host, port, connection)
-            else:
-                connection.close()
+    def request(self, method: str, base: str, target: str, headers: Iterable[tuple[str, str]],
+                body: bytes | None = None) -> _Request:
+        """`async with client.request(...) as response`: send `method` `base`+`target`
+        (target: path and query) with `headers` and `body`; the response once its headers
+        are in. Leaving the block returns the connection to the pool when the body was
+        read whole, and closes it otherwise."""
+        return _Request(self, method, base, target, headers, body)
 
-    async def _connection(self, scheme: str, host: str, port: int) -> _Connection:
-        loop = asyncio.get_running_loop()
-        idle = self._idle.get((scheme, host, port))
-        now = loop.time()
+    def _reuse(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = idle[-1]._loop.time()
         while idle:
             connection = idle.pop()
             if not connection.closed and now - connection.idle_since < _IDLE_SECONDS:
                 return connection
             connection.close()
+        return None
+
+    async def _connect(self, scheme: str, host: str, port: int) -> _Connection:
+        loop = asyncio.get_running_loop()
         context = None
         if scheme == "https":
             context = self._ssl_context or _default_ssl_context()
@@ -434,12 +424,14 @@ class UpstreamClient:
             raise UpstreamUnreachable(f"cannot connect to {host}:{port}: {error.strerror or error}") from None
         return connection
 
-    def _release(self, scheme: str, host: str, port: int, connection: _Connection) -> None:
-        idle = self._idle.setdefault((scheme, host, port), [])
+    def _release(self, key: tuple[str, str, int], connection: _Connection) -> None:
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
         if len(idle) >= _MAX_IDLE_PER_ORIGIN:
             connection.close()
             return
-        connection.idle_since = asyncio.get_running_loop().time()
+        connection.idle_since = connection._loop.time()
         idle.append(connection)
 
     async def close(self) -> None:
@@ -453,17 +445,64 @@ class UpstreamClient:
         await asyncio.sleep(0)  # let the transports run their close callbacks
 
 
+class _Request:
+    """One request through the client, as an async context manager (see `request`)."""
+
+    __slots__ = ("_body", "_client", "_connection", "_head", "_key", "_method", "_response", "_target")
+
+    def __init__(self, client: UpstreamClient, method: str, base: str, target: str,
+                 headers: Iterable[tuple[str, str]], body: bytes | None) -> None:
+        if client.closed:
+            raise UpstreamError("the upstream client is closed")
+        scheme, host, port, host_header, prefix = _origin(base)
+        self._client = client
+        self._method = method
+        self._key = (scheme, host, port)
+        self._head = _request_head(method, prefix + target, host_header, headers, body)
+        self._body = body
+        self._connection: _Connection | None = None
+        self._response: UpstreamResponse | None = None
+
+    async def __aenter__(self) -> UpstreamResponse:
+        client = self._client
+        connection = client._reuse(self._key) or await client._connect(*self._key)
+        self._connection = connection
+        client._busy.add(connection)
+        try:
+            connection.send(self._head, self._body, head_only=self._method == "HEAD")
+            status, raw_headers = await connection.head()
+            self._response = UpstreamResponse(connection, status, raw_headers)
+        except BaseException:
+            client._busy.discard(connection)
+            connection.close()
+            raise
+        return self._response
+
+    async def __aexit__(self, *exc: object) -> None:
+        client = self._client
+        connection = self._connection
+        assert connection is not None and self._response is not None
+        client._busy.discard(connection)
+        if (connection.complete and connection.reusable and not connection._chunks and not connection.closed
+                and not client.closed):
+            client._release(self._key, connection)
+        else:
+            connection.close()
+
+
 @functools.cache
 def _default_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
 def _request_head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> bytes:
+    if _UNSAFE_IN_TARGET.search(target):
+        # The listener hands over paths decoded: what cannot stand in a request line
+        # (a space, a line break, non-ASCII) is percent-encoded again, as a URL library would.
+        target = quote(target, safe=_TARGET_SAFE)
     lines = [f"{method} {target or '/'} HTTP/1.1\r\nHost: {host}\r\n"]
     asked_coding = False
     for name, value in headers:
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
-            raise UpstreamError(f"header {name!r} cannot be sent: it holds a line break")
         if not asked_coding and name.lower() == "accept-encoding":
             asked_coding = True
         lines.append(f"{name}: {value}\r\n")
@@ -471,7 +510,11 @@ def _request_head(method: str, target: str, host: str, headers: Iterable[tuple[s
         lines.append(f"Accept-Encoding: {ACCEPTED_CODINGS}\r\n")
     if body is not None or method not in _NO_BODY_METHODS:
         lines.append(f"Content-Length: {len(body) if body else 0}\r\n")
-    if " " in target or "\r" in target or "\n" in target:
-        raise UpstreamError(f"request target {target!r} cannot be sent")
     lines.append("\r\n")
-    return "".join(lines).encode("utf-8")
+    head = "".join(lines)
+    # Each line ends in the one CR LF put there; any other is a header (or the target)
+    # trying to start a line of its own: nothing is sent.
+    breaks = len(lines) + 1  # the request line and Host share the first item
+    if head.count("\n") != breaks or head.count("\r") != breaks:
+        raise UpstreamError("a header holds a line break; the request cannot be sent")
+    return head.encode("utf-8")

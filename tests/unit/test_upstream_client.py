@@ -393,9 +393,16 @@ async def test_a_slow_reader_pauses_the_upstream_rather_than_buffering_it_all(cl
 
 async def test_a_header_with_a_line_break_is_never_sent(client):
     async with Scripted(answer(b"{}")) as server:
-        with pytest.raises(UpstreamError, match="line break"):
+        with pytest.raises(UpstreamError, match="a header holds a line break"):
             await fetch(client, server.base, headers=[("X-Evil", "a\r\nInjected: yes")])
         assert server.requests == []
+
+
+async def test_a_target_is_sent_percent_encoded_where_a_request_line_needs_it(client):
+    async with Scripted(answer(b"{}")) as server:
+        async with client.request("GET", server.base, "/v1/models/a b\r\nX: ü?q=1%202&k=v", [], None) as response:
+            await response.read()
+    assert server.requests[0].split(b"\r\n")[0] == b"GET /v1/models/a%20b%0D%0AX:%20%C3%BC?q=1%202&k=v HTTP/1.1"
 
 
 async def test_a_closed_client_refuses_new_requests():
