@@ -13,13 +13,12 @@ steps are tested in any environment.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 from urllib.parse import parse_qsl
 
 import orjson
@@ -80,10 +79,6 @@ class RequestView:
     @property
     def query(self) -> MultiDictProxy[str]:
         return MultiDictProxy(MultiDict(parse_qsl(self.query_string, keep_blank_values=True)))
-
-    @property
-    def task(self) -> asyncio.Task[Any] | None:
-        return asyncio.current_task()  # the task deciding it, as aiohttp's request names its handler's
 
     @property
     def content(self) -> _WholeBody:

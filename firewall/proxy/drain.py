@@ -33,11 +33,14 @@ class Drain:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def enter(self, task: asyncio.Task[Any] | None) -> None:
-        """Count `task` (a request's handler: aiohttp's `request.task`) as in flight until
-        `leave(task)`."""
+    def enter(self) -> asyncio.Task[Any] | None:
+        """Count the current task (a request's handler) as in flight until `leave(task)`.
+        Not aiohttp's `request.task`: that is the connection's task, which outlives the
+        request (a keep-alive connection's next request), and would keep `finish` waiting."""
+        task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        return task
 
     def leave(self, task: asyncio.Task[Any] | None) -> None:
         if task is not None:

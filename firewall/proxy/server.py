@@ -215,8 +215,7 @@ class Firewall:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         call = _Call(id=_exchange_id(), rt=self._runtime)
         guess = _guess_wire(request.path)
-        task = request.task
-        self._drain.enter(task)
+        task = self._drain.enter()
         try:
             if self._drain.draining:
                 return self._refuse(call, guess, 503, "the firewall is shutting down and takes no new request; "

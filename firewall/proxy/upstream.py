@@ -143,6 +143,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
+        self._chunks: collections.deque[bytes] = collections.deque()
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -154,7 +155,7 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.complete = False
         self.reusable = False
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks.clear()
         self._buffered = 0
         self._paused = False
         self._error: BaseException | None = None
@@ -310,10 +311,25 @@ class _Connection(asyncio.Protocol):
             await self._wait()
         piece = self._chunks.popleft()
         self._buffered -= len(piece)
-        if self._paused and self._buffered < _RESUME_AT and self.transport is not None:
+        if self._buffered < _RESUME_AT:
+            self._resume()
+        return piece
+
+    async def rest(self) -> bytes:
+        """Everything of the body not taken yet, once it has all arrived."""
+        while not self.complete:
+            self._resume()  # all of it is wanted: no reason to hold the upstream back
+            await self._wait()
+        chunks = self._chunks
+        body = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return piece
 
     def close(self) -> None:
         self.closed = True
@@ -362,7 +378,13 @@ class UpstreamResponse:
                 yield piece
 
     async def read(self) -> bytes:
-        return b"".join([piece async for piece in self.iter_any()])
+        """The whole body, decoded (the usual case: one answer read at once)."""
+        connection = self._connection
+        body = await connection.rest()
+        for decoder in self._decoders:
+            body = decoder.decode(body) + decoder.finish()
+        self._finished = True
+        return body
 
     def _finish(self) -> bytes:
         self._finished = True

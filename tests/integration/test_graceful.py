@@ -268,6 +268,22 @@ def test_draining_a_firewall_with_nothing_in_flight_returns_at_once(serve):
     assert proxy.call(firewall.drain(3600), timeout=30) == 0
 
 
+def test_a_drain_ends_when_the_last_request_in_flight_does_not_at_its_deadline(serve, fake):
+    # The request arrives on a connection the client keeps alive afterwards: what the drain
+    # waits for is the request's handler, not the connection (which outlives it).
+    fake.add_reply("slow answer", delay=0.5)
+    firewall, proxy, _ = serve()
+    answers: list[str] = []
+    agent = client(proxy.url + "/v1")
+    asking = threading.Thread(target=lambda: answers.append(agent.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content or ""))
+    asking.start()
+    _wait(lambda: firewall.in_flight == 1, "the request to be in flight")
+    assert proxy.call(firewall.drain(3600), timeout=30) == 0  # not 3,600 s, nor cut off
+    asking.join(timeout=30)
+    assert answers == ["slow answer"] and firewall.in_flight == 0
+
+
 def test_a_negative_drain_deadline_is_a_usage_error(capsys):
     from firewall.cli import EXIT_USAGE, main
 
