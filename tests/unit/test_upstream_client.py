@@ -4,14 +4,11 @@ that answer with exactly the bytes a test scripts: framing, codings, reuse, fail
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gzip
-import ipaddress
 import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import brotli
 import pytest
@@ -23,6 +20,7 @@ from firewall.proxy.upstream import (
     UpstreamError,
     UpstreamUnreachable,
 )
+from tests.tls_upstream import make_test_ca
 
 try:
     from compression import zstd  # type: ignore[import-not-found]
@@ -416,49 +414,13 @@ async def test_a_closed_client_refuses_new_requests():
         await fetch(client, "http://127.0.0.1:9")
 
 
-def _certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a certificate it signs for 127.0.0.1: (ca.pem, leaf.pem, leaf key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "leaf.pem", directory / "leaf.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 async def test_an_https_upstream_is_reached_over_verified_tls_and_an_unknown_issuer_is_refused(tmp_path):
-    ca, leaf, key = _certificates(tmp_path)
-    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    served.load_cert_chain(leaf, key)
-    server = await asyncio.start_server(
-        lambda reader, writer: Scripted(answer(b'{"tls": true}'))._serve(reader, writer), "127.0.0.1", 0, ssl=served)
+    ca = make_test_ca(tmp_path)
+    server = await asyncio.start_server(lambda reader, writer: Scripted(answer(b'{"tls": true}'))._serve(reader, writer),
+                                        "127.0.0.1", 0, ssl=ca.server_context())
     base = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    trusting = UpstreamClient(connect_timeout=2.0, read_timeout=2.0, ssl_context=ssl.create_default_context(cafile=ca))
+    trusting = UpstreamClient(connect_timeout=2.0, read_timeout=2.0,
+                              ssl_context=ssl.create_default_context(cafile=ca.cert))
     default = UpstreamClient(connect_timeout=2.0, read_timeout=2.0)  # the system's roots: this CA is not one
     try:
         for _ in range(2):  # the second on the kept-alive TLS connection
