@@ -15,19 +15,28 @@ _LIMIT: Final = 16_384
 
 
 class MessageMemo:
-    """Message objects by (position, the message's JSON). A message at the same position
-    with the same JSON parses to the same Message, paths included."""
+    """Message objects by (position, the message's JSON), or by (position, role, text) for
+    a message of those two strings only. A message at the same position with the same JSON
+    parses to the same Message, paths included."""
 
     def __init__(self, limit: int = _LIMIT) -> None:
         self._limit = limit
-        self._memo: dict[tuple[int, bytes], Message] = {}
+        self._memo: dict[tuple[Any, ...], Message] = {}
         self._lock = threading.Lock()
 
     def parse(self, index: int, raw: Any, parse: Callable[[], Message]) -> Message:
-        try:
-            key = (index, orjson.dumps(raw))
-        except TypeError:  # not JSON-serialisable: it will fail to parse anyway
-            return parse()
+        key: tuple[Any, ...] | None = None
+        if type(raw) is dict and len(raw) == 2:
+            # The commonest message, {"role": ..., "content": "..."}, keyed by its two
+            # strings: what it parses to depends on nothing else, and no serialising.
+            role, content = raw.get("role"), raw.get("content")
+            if type(role) is str and type(content) is str:
+                key = (index, role, content)
+        if key is None:
+            try:
+                key = (index, orjson.dumps(raw))
+            except TypeError:  # not JSON-serialisable: it will fail to parse anyway
+                return parse()
         found = self._memo.get(key)
         if found is not None:
             return found

@@ -146,6 +146,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # the read timeout's; outlives a request
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -162,8 +164,6 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._last_data = 0.0
-        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
@@ -242,7 +242,6 @@ class _Connection(asyncio.Protocol):
     def _message_done(self, *, reusable: bool) -> None:
         self.complete = True
         self.reusable = reusable and not self.closed
-        self._cancel_timer()
         self._wake()
 
     # waiting
@@ -255,7 +254,6 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: BaseException) -> None:
         if self._error is None and not self.complete:
             self._error = error
-        self._cancel_timer()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -266,8 +264,9 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def _check_read_timeout(self) -> None:
-        # One timer per request, re-armed only when it fires early: data received since
-        # it was armed moved the deadline (cheaper than re-arming on every read).
+        # One timer per connection, re-armed only when it fires early: data received (or
+        # a request sent) since it was armed moved the deadline. Cheaper than a timer per
+        # read, or per request; once nothing is awaited it lapses, and the next send arms it.
         self._timer = None
         if self.complete or self._error is not None:
             return
@@ -297,7 +296,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._reset(head_only=head_only)
         self._last_data = self._loop.time()
-        self._timer = self._loop.call_at(self._last_data + self._read_timeout, self._check_read_timeout)
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._last_data + self._read_timeout, self._check_read_timeout)
         self.transport.write(head + body if body else head)
 
     async def head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
@@ -350,13 +350,13 @@ class UpstreamResponse:
     def __init__(self, connection: _Connection, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
         self._connection = connection
         self.status = status
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in raw_headers:
-            headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-        self.headers = CIMultiDictProxy(headers)
-        codings = [part.strip().lower() for part in self.headers.get("Content-Encoding", "").split(",")]
-        codings = [coding for coding in codings if coding and coding != "identity"]
-        self._decoders = [_Decoder(coding) for coding in reversed(codings)]
+        self.headers = CIMultiDictProxy(CIMultiDict(
+            [(name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in raw_headers]))
+        self._decoders: list[_Decoder] = []
+        encoding = self.headers.get("Content-Encoding")
+        if encoding is not None:
+            codings = [part.strip().lower() for part in encoding.split(",")]
+            self._decoders = [_Decoder(coding) for coding in reversed(codings) if coding and coding != "identity"]
         self._finished = False
 
     @property

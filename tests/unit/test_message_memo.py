@@ -22,6 +22,19 @@ def test_the_same_message_at_the_same_position_is_parsed_once():
     assert len(calls) == 3
 
 
+def test_a_message_with_more_than_role_and_text_is_not_taken_for_one_without():
+    memo = MessageMemo()
+    plain = memo.parse(0, {"role": "user", "content": "hi"}, lambda: "plain")
+    named = memo.parse(0, {"role": "user", "content": "hi", "name": "planner"}, lambda: "named")
+    parts = memo.parse(0, {"role": "user", "content": [{"type": "text", "text": "hi"}]}, lambda: "parts")
+    assert (plain, named, parts) == ("plain", "named", "parts")
+    wire = OpenAIChat()
+    messages = wire.parse_request({"messages": [{"role": "user", "content": "hi"},
+                                                {"role": "user", "content": "hi", "name": "planner"}]}).messages
+    again = wire.parse_request({"messages": [{"role": "user", "content": "hi", "name": "planner"}]}).messages
+    assert messages[1].name == "planner" and messages[0].name is None and again[0].name == "planner"
+
+
 def test_the_memo_is_bounded():
     memo = MessageMemo(limit=16)
     for index in range(100):
