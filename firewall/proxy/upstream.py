@@ -99,7 +99,8 @@ class _Decoder:
         if coding in ("gzip", "x-gzip"):
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif coding == "deflate":
-            self._zlib = None  # zlib format or raw deflate: told by the first bytes
+            self._zlib = None  # zlib format or raw deflate: told by the first two bytes
+            self._first = b""
         elif coding == "br":
             self._brotli = brotli.Decompressor()
         elif coding == "zstd":
@@ -115,7 +116,11 @@ class _Decoder:
             if coding == "zstd":
                 return self._zstd.decompress(data)
             if self._zlib is None:
-                zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+                data = self._first + data
+                if len(data) < 2:
+                    self._first = data  # a piece of one byte: wait for the second
+                    return b""
+                zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
                 self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
             return self._zlib.decompress(data)
         except (zlib.error, brotli.error, ZstdError) as error:
@@ -148,6 +153,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._last_data = 0.0
         self._timer: asyncio.TimerHandle | None = None  # the read timeout's; outlives a request
+        self._paused = False
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -161,7 +167,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self._chunks.clear()
         self._buffered = 0
-        self._paused = False
+        self._resume()
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 

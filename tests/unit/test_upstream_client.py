@@ -208,6 +208,23 @@ async def test_a_compressed_answer_is_decoded(client, coding, encode):
         assert (await fetch(client, server.base))[2] == text
 
 
+async def test_a_deflate_answer_whose_first_piece_is_one_byte_is_still_told_apart(client):
+    text = b'{"content": "' + b"word " * 500 + b'"}'
+    body = zlib.compress(text)
+
+    async def trickled(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in (body[:1], body[1:]):  # the zlib header split across two chunks
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+
+    async with Scripted(trickled) as server:
+        async with client.request("POST", server.base, "/", [], b"{}") as response:
+            assert b"".join([piece async for piece in response.iter_any()]) == text  # read as it arrives
+
+
 async def test_an_answer_in_a_coding_the_client_cannot_undo_is_a_bad_response(client):
     async with Scripted(answer(b"\x00\x01", "Content-Encoding: compress")) as server:
         with pytest.raises(UpstreamBadResponse, match="'compress' cannot be decoded"):
