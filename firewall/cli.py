@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="forward mode: the CA's directory (default $AGENT_FIREWALL_CA_DIR or ~/.agent-firewall/ca; "
                           "created on first use, as `agent-firewall ca` does)")
     run.add_argument("--upstream-ca", type=Path, metavar="FILE",
-                     help="forward mode: verify upstream servers against these CA certificates (PEM) instead of "
-                          "the public roots")
+                     help="verify HTTPS upstreams against these CA certificates (PEM) instead of the system's trust "
+                          "store (reverse mode) or the public roots (forward mode)")
     run.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
                      help="upstream base URL, e.g. openai=https://api.openai.com (repeatable)")
     run.add_argument("--audit-log", type=Path, help="append the audit log (JSONL) to this file")
@@ -267,6 +267,7 @@ def _run(args: argparse.Namespace) -> int:
             ("body_timeout", args.body_timeout), ("header_timeout", args.header_timeout),
             ("max_streams", args.max_streams),
             ("connect_timeout", args.connect_timeout), ("read_timeout", args.read_timeout),
+            ("upstream_ca", args.upstream_ca),
         ) if value is not None}
         config = ProxyConfig(host=host, port=port, upstreams=upstreams, audit_log=args.audit_log, **given,
                              provider_keys=dict(parse_provider_key(value) for value in args.provider_key),

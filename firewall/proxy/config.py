@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,11 +38,21 @@ class ProxyConfig(BaseModel):
     max_streams: int = Field(default=512, ge=1)  # streamed answers relayed at once; past it: 429
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=600.0, gt=0)
+    # HTTPS upstreams are verified against these CA certificates (PEM) instead of the
+    # system's trust store: a private gateway, a test upstream.
+    upstream_ca: Path | None = None
     # The provider keys the firewall sends upstream for agents that authenticate with
     # their own firewall keys (by upstream name: openai, anthropic, gemini).
     provider_keys: dict[str, SecretStr] = Field(default_factory=dict)
     # Where agent state lives: "memory" (this process) or a redis:// URL (shared).
     state: str = "memory"
+
+    @field_validator("upstream_ca")
+    @classmethod
+    def _ca_file(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            upstream_ssl_context(path)  # refused now, with the reason, rather than at the first request
+        return path
 
     @field_validator("upstreams")
     @classmethod
@@ -89,3 +100,13 @@ def parse_provider_key(value: str, environ: Mapping[str, str] | None = None) -> 
         if not key:
             raise ValueError(f"--provider-key {name}: {ref} is empty")
     return name, SecretStr(key)
+
+
+def upstream_ssl_context(ca_file: Path) -> ssl.SSLContext:
+    """A client context that trusts the CA certificates in `ca_file` (PEM), and only them."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except FileNotFoundError:
+        raise ValueError(f"upstream CA {ca_file}: no such file") from None
+    except (ssl.SSLError, OSError) as error:
+        raise ValueError(f"upstream CA {ca_file}: not a file of PEM certificates ({error})") from None

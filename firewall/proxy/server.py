@@ -44,7 +44,7 @@ from firewall.protocols import WIRE_FORMATS, BodyShapeError, WireFormat, wire_fo
 from firewall.protocols._json import DuplicateKeyError, NestingTooDeepError, loads_strict
 from firewall.protocols.anthropic_messages import AnthropicMessages
 from firewall.protocols.openai_chat import OpenAIChat
-from firewall.proxy.config import ProxyConfig
+from firewall.proxy.config import ProxyConfig, upstream_ssl_context
 from firewall.proxy.connection import CONNECTIONS
 from firewall.proxy.limits import BodyLimits, LimitExceeded, StreamSlots, check_framing, handler_args, read_body
 from firewall.proxy.drain import Drain
@@ -155,7 +155,9 @@ class Firewall:
         self.metrics = Metrics()
         self._runtime = _Runtime.build(policy, config, self.state)
         self._runtimes = [self._runtime]  # every one built, for their executors at shutdown
-        self.upstream = UpstreamClient(connect_timeout=config.connect_timeout, read_timeout=config.read_timeout)
+        self.upstream = UpstreamClient(
+            connect_timeout=config.connect_timeout, read_timeout=config.read_timeout,
+            ssl_context=upstream_ssl_context(config.upstream_ca) if config.upstream_ca else None)
         self._settling: set[asyncio.Task[None]] = set()
         self._drain = Drain()
         self.audit_problem: str | None = None  # why the last audit write failed; None once one succeeds
