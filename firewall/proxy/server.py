@@ -637,12 +637,12 @@ class Firewall:
                 note = "ended at shutdown: the drain deadline passed before the upstream finished"
                 ending = _end(guard, "agent-firewall: the firewall is shutting down; the stream was ended before the "
                                      "upstream finished")
+            except (BodyShapeError, UpstreamBadResponse) as error:  # the events, or their coding
+                ending = _end(guard, f"agent-firewall: the {wire.provider} upstream sent a stream the firewall cannot "
+                                     f"inspect ({error})")
             except (TimeoutError, UpstreamError) as error:
                 reason = str(error) or type(error).__name__
                 ending = _end(guard, f"agent-firewall: the {wire.provider} upstream broke off the stream ({reason})")
-            except BodyShapeError as error:
-                ending = _end(guard, f"agent-firewall: the {wire.provider} upstream sent a stream the firewall cannot "
-                                     f"inspect ({error})")
             except _ClientGone:
                 raise  # nobody to tell: recorded below with its note
             except Exception as error:  # noqa: BLE001 - a bug must end the stream closed, not hang it
