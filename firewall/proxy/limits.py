@@ -30,8 +30,8 @@ if sys.version_info >= (3, 14):
 else:
     from backports.zstd import ZstdDecompressor, ZstdError
 
-__all__ = ["ENCODINGS", "BodyLimits", "LimitExceeded", "StreamSlots", "check_framing", "decode_body", "handler_args",
-           "read_body"]
+__all__ = ["ENCODINGS", "BodyLimits", "LimitExceeded", "StreamSlots", "check_framing", "decode_body", "deflate_wbits",
+           "handler_args", "read_body"]
 
 ENCODINGS = ("gzip", "deflate", "br", "zstd")
 # Output is produced this many bytes at a time: memory held past a cap is at most one step.
@@ -168,10 +168,15 @@ def _zlib(wbits: int) -> Callable[[bytes, int], bytes]:
     return decode
 
 
+def deflate_wbits(start: bytes) -> int:
+    """zlib's `wbits` for an HTTP "deflate" body that begins with `start` (two bytes or
+    more): the zlib format (RFC 9110 8.4.1.2), or raw deflate, as some peers send."""
+    zlib_header = len(start) >= 2 and start[0] & 0x0F == 8 and (start[0] << 8 | start[1]) % 31 == 0
+    return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+
 def _deflate(data: bytes, budget: int) -> bytes:
-    # HTTP's "deflate" is the zlib format (RFC 9110 8.4.1.2); some clients send raw deflate.
-    zlib_header = len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-    return _zlib(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)(data, budget)
+    return _zlib(deflate_wbits(data))(data, budget)
 
 
 # brotli 1.2 is the first whose decoder can cap its output; an environment that must keep

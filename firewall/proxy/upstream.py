@@ -25,7 +25,6 @@ import collections
 import functools
 import re
 import ssl
-import sys
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from typing import Final
@@ -35,10 +34,7 @@ import brotli
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-if sys.version_info >= (3, 14):
-    from compression.zstd import ZstdDecompressor, ZstdError
-else:
-    from backports.zstd import ZstdDecompressor, ZstdError
+from firewall.proxy.limits import ZstdDecompressor, ZstdError, deflate_wbits
 
 __all__ = ["ACCEPTED_CODINGS", "UpstreamBadResponse", "UpstreamClient", "UpstreamConnectTimeout", "UpstreamError",
            "UpstreamResponse", "UpstreamUnreachable"]
@@ -120,16 +116,13 @@ class _Decoder:
                 if len(data) < 2:
                     self._first = data  # a piece of one byte: wait for the second
                     return b""
-                zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-                self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+                self._zlib = zlib.decompressobj(deflate_wbits(data))
             return self._zlib.decompress(data)
         except (zlib.error, brotli.error, ZstdError) as error:
             raise UpstreamBadResponse(f"the body is not valid {self.coding}: {error}") from None
 
     def finish(self) -> bytes:
-        if self.coding in ("br", "zstd"):
-            return b""
-        if self._zlib is None:
+        if self.coding in ("br", "zstd") or self._zlib is None:
             return b""
         try:
             return self._zlib.flush()
@@ -363,12 +356,6 @@ class UpstreamResponse:
         if encoding is not None:
             codings = [part.strip().lower() for part in encoding.split(",")]
             self._decoders = [_Decoder(coding) for coding in reversed(codings) if coding and coding != "identity"]
-        self._finished = False
-
-    @property
-    def whole(self) -> bool:
-        """The body was read to its end."""
-        return self._finished
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The decoded body, in pieces as they arrive (empty pieces skipped)."""
@@ -391,11 +378,9 @@ class UpstreamResponse:
         body = await connection.rest()
         for decoder in self._decoders:
             body = decoder.decode(body) + decoder.finish()
-        self._finished = True
         return body
 
     def _finish(self) -> bytes:
-        self._finished = True
         tail = b""
         for decoder in self._decoders:
             tail = decoder.decode(tail) if tail else b""
