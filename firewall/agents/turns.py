@@ -16,6 +16,14 @@ Each turn is stored once, with its own messages and the ids of the turns before 
 first): storage grows with the conversation, not with its square, and a recall reads the
 turn and then its predecessors, a batch per round trip, until `max_chars` of text are in.
 
+A refusal the firewall answers a blocked request with has an id of its own making, which
+the upstream never issued: continued as it is, the next request would fail upstream. Such
+a turn is remembered as *answered here*, with the turn the upstream knows before it
+(`resumes`); a request that continues it is sent on as continuing that turn instead
+(`ContinuesTurns.resumed`), as if the blocked turn had not happened, which upstream it did
+not. Its messages are not kept: the blocked request read back as context would block every
+turn after it, and the refusal's text names the rule's subject.
+
 Any wire format can take part: it implements `ContinuesTurns` (which earlier turn a
 request continues; which ids a response can be continued by, its own id first), and its
 stream reader `StreamTurnIds` (the ids a streamed answer carries, known once it has begun).
@@ -69,6 +77,11 @@ class ContinuesTurns(Protocol):
         response's own id first (a conversation's id may follow)."""
         ...
 
+    def resumed(self, body: Any, turn_id: str | None) -> Any:
+        """Request `body` continuing `turn_id` instead of the turn it names (one the
+        upstream never saw: the firewall's own answer); None: continuing no earlier turn."""
+        ...
+
 
 @runtime_checkable
 class StreamTurnIds(Protocol):
@@ -105,6 +118,8 @@ class Recalled:
     turns: tuple[str, ...] = ()  # the turns the conversation is made of, newest first (their own ids)
     truncated: bool = False  # older messages were left out to stay within max_chars
     expired: int = 0  # older turns no longer remembered
+    answered_here: bool = False  # the turn is the firewall's own answer (a refusal): the upstream never saw it
+    resumes: str | None = None  # then: the turn the upstream knows before it (None: none)
 
     def audit(self) -> dict[str, Any]:
         """The `context` of the request's audit record."""
@@ -119,6 +134,9 @@ class Recalled:
             out["truncated"] = True
         if self.expired:
             out["expired_turns"] = self.expired
+        if self.answered_here:
+            out["answered_by_firewall"] = True
+            out["sent_on_as"] = self.resumes  # what the upstream was told this request continues
         return out
 
 
@@ -159,20 +177,36 @@ class TurnMemory:
             values = await self.state.get_many([_key(wire, earlier) for earlier in batch])
             pending = [None if value is None else orjson.loads(value) for value in values]
         messages = [message for turn in reversed(kept) for message in turn]
+        here = "resumes" in latest
         return Recalled(turn_id, _decode(messages), seen=True, agent=latest.get("agent"), turns=(latest["id"], *chain),
-                        truncated=truncated or read < len(chain), expired=expired)
+                        truncated=truncated or read < len(chain), expired=expired, answered_here=here,
+                        resumes=latest["resumes"] if here else None)
 
     async def remember(self, wire: str, turn_ids: Sequence[str], messages: Sequence[Message], *,
                        after: Recalled | None, agent: str | None, ttl: float) -> None:
         """Store one turn (`messages`: this request's own, as forwarded, and the answer as
         the client received it) under each of `turn_ids`, its own id first, after the
         turns `after` holds. Raises StateUnavailable when the backend cannot be written."""
+        await self._store(wire, turn_ids, {"messages": [_encode(message) for message in messages]}, after, agent, ttl)
+
+    async def remember_refusal(self, wire: str, turn_id: str, *, resumes: str | None, after: Recalled | None,
+                               agent: str | None, ttl: float) -> None:
+        """Store the firewall's own answer to a blocked request under its id, after the
+        turns `after` holds: a request continuing it is to be sent on as continuing
+        `resumes`, the turn the upstream knows before it (or the one `after` resumes, when
+        that was the firewall's too). Raises StateUnavailable when the backend cannot be
+        written."""
+        if after is not None and after.answered_here:
+            resumes = after.resumes
+        await self._store(wire, (turn_id,), {"messages": [], "resumes": resumes}, after, agent, ttl)
+
+    async def _store(self, wire: str, turn_ids: Sequence[str], content: dict[str, Any], after: Recalled | None,
+                     agent: str | None, ttl: float) -> None:
         ids = list(dict.fromkeys(turn_ids))
         if not ids:
             return
         chain = list(after.turns[:MAX_TURNS]) if after is not None and after.seen else []
-        value = orjson.dumps({"v": _VERSION, "id": ids[0], "agent": agent, "chain": chain,
-                              "messages": [_encode(message) for message in messages]})
+        value = orjson.dumps({"v": _VERSION, "id": ids[0], "agent": agent, "chain": chain, **content})
         for turn_id in ids:
             await self.state.set(_key(wire, turn_id), value, ttl=ttl)
 

@@ -194,7 +194,7 @@ class ForwardSteps:
             else StreamGuard(rt.engine, reader, exchange, rt.holdback_for(wire.name), rt.window_engine))
         if guard.at_start.action is Action.BLOCK:
             await self._handler._record_stream(call, wire, exchange, guard, note="blocked before the first event")
-            return Answer.of(self._handler._blocked(call, wire, exchange, guard.at_start))
+            return Answer.of(await self._handler._blocked(call, wire, exchange, guard.at_start))
         call.tags.extend(tag for tag in guard.at_start.tags if tag not in call.tags)
         out = [(key, value) for key, value in headers if key.lower() not in _RESPONSE_DROP]
         out.append((EXCHANGE_HEADER, call.id))

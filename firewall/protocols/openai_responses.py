@@ -169,6 +169,14 @@ class OpenAIResponses(ExactRoute):
     def turn_ids(self, body: Any) -> tuple[str, ...]:
         return _turn_ids(body)
 
+    def resumed(self, body: Any, turn_id: str | None) -> Any:
+        out = dict(body)
+        if turn_id is None:
+            out.pop("previous_response_id", None)
+        else:
+            out["previous_response_id"] = turn_id
+        return out
+
 
 # --- reading items -------------------------------------------------------------------
 

@@ -359,6 +359,11 @@ class Firewall:
         exchange, refused = await self._earlier_turns(call, wire, exchange)
         if refused is not None:
             return refused
+        if call.context is not None and call.context.answered_here and continues_turns(wire):
+            # It continues the firewall's own answer, which the upstream never issued.
+            body = wire.resumed(body, call.context.resumes)
+            raw = orjson.dumps(body)
+            exchange = dataclasses.replace(exchange, body=body, raw=raw)
         refused = await self._admit(call, wire, exchange)
         if refused is not None:
             return refused
@@ -373,7 +378,7 @@ class Firewall:
         decision = await self._inspect(call, exchange)
         await self._agents(call, call.rt.guard.after_request(_author(wire, exchange), decision, call.admission))
         if decision.action is Action.BLOCK:
-            return self._blocked(call, wire, exchange, decision)
+            return await self._blocked(call, wire, exchange, decision)
         if continues_turns(wire):
             earlier = len(call.context.messages) if call.context is not None else 0
             call.said = as_forwarded(exchange.messages[earlier:], decision.rewrites)
@@ -407,6 +412,18 @@ class Firewall:
         if turn_ids and continues_turns(wire):
             await self.turns.remember(wire.name, turn_ids, (*call.said, *said), after=call.context, agent=request.agent,
                                       ttl=call.rt.policy.spec.lineage.ttl)
+        return []
+
+    async def _remember_refusal(self, call: _Call, wire: WireFormat, exchange: Exchange,
+                                refusal: Any) -> list[dict[str, Any]]:
+        """A refusal of the firewall's own making (not an upstream answer kept under its
+        id) is remembered, so that a request continuing it can be sent on as continuing the
+        turn the upstream knows before it."""
+        assert continues_turns(wire)
+        ids = wire.turn_ids(refusal)
+        if ids and ids[0] not in wire.turn_ids(exchange.body):
+            await self.turns.remember_refusal(wire.name, ids[0], resumes=wire.continues(refusal), after=call.context,
+                                              agent=exchange.agent, ttl=call.rt.policy.spec.lineage.ttl)
         return []
 
     # -- agents ---------------------------------------------------------------------
@@ -501,12 +518,14 @@ class Firewall:
 
     # -- answers --------------------------------------------------------------------
 
-    def _blocked(self, call: _Call, wire: WireFormat, exchange: Exchange, decision: Decision) -> web.Response:
+    async def _blocked(self, call: _Call, wire: WireFormat, exchange: Exchange, decision: Decision) -> web.Response:
         rule = decision.blocking_rule or "policy"
         reason = f": {decision.reason}" if decision.reason else ""
         if decision.respond == "refusal":
             text = f"This message was blocked by agent-firewall (rule {rule}){reason}."
             body = wire.refusal_body(text, model=exchange.model, request=exchange.body)
+            if continues_turns(wire):
+                await self._agents(call, self._remember_refusal(call, wire, exchange, body))
             if exchange.stream:
                 return self._respond(call, 200, wire.render_stream(body), content_type="text/event-stream")
             return self._respond(call, 200, orjson.dumps(body))
@@ -597,7 +616,7 @@ class Firewall:
             else StreamGuard(call.rt.engine, reader, exchange, call.rt.holdback_for(wire.name), call.rt.window_engine))
         if guard.at_start.action is Action.BLOCK:
             await self._record_stream(call, wire, exchange, guard, note="blocked before the first event")
-            return self._blocked(call, wire, exchange, guard.at_start)
+            return await self._blocked(call, wire, exchange, guard.at_start)
         call.tags.extend(tag for tag in guard.at_start.tags if tag not in call.tags)
         headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _RESPONSE_DROP)
         headers[EXCHANGE_HEADER] = call.id
@@ -738,7 +757,7 @@ class Firewall:
             answered = () if decision.action is Action.BLOCK else as_forwarded(messages, decision.rewrites)
             await self._agents(call, self._remember_turn(call, wire, request_exchange, wire.turn_ids(body), answered))
         if decision.action is Action.BLOCK:
-            return self._blocked(call, wire, exchange, decision)
+            return await self._blocked(call, wire, exchange, decision)
         if decision.rewrites:
             rewritten = wire.apply_rewrites(body, decision.rewrites)
             data = wire.render_stream(rewritten) if streamed else orjson.dumps(rewritten)

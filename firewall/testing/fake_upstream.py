@@ -170,6 +170,11 @@ class FakeUpstream:
         self._keep = keep
         self._received: deque[ReceivedRequest] = deque(maxlen=keep)
         self._ids = itertools.count(1)
+        # Responses: True answers a `previous_response_id` this fake did not issue as
+        # OpenAI does (400 previous_response_not_found); off by default, so that a test may
+        # name any id.
+        self.known_responses_only = False
+        self._responses: set[str] = set()
         self.script(rules)
         self.app = self._build_app()
 
@@ -675,6 +680,11 @@ class _Responses(_Provider):
 
     async def respond(self) -> web.StreamResponse:
         if isinstance(self.body, dict):
+            previous = self.body.get("previous_response_id")
+            if self.fake.known_responses_only and isinstance(previous, str) and previous not in self.fake._responses:
+                error = {"message": f"Previous response with id '{previous}' not found.", "type": "invalid_request_error",
+                         "param": "previous_response_id", "code": "previous_response_not_found"}
+                return _json_response({"error": error}, status=400)
             self.body = {**self.body, "messages": self._turns(self.body.get("input"))}
         return await super().respond()
 
@@ -712,6 +722,7 @@ class _Responses(_Provider):
         conversation = self.body.get("conversation")
         if isinstance(conversation, str):
             conversation = {"id": conversation}
+        self.fake._responses.add(f"resp_fake{self.number:08d}")
         return {
             "id": f"resp_fake{self.number:08d}", "object": "response", "created_at": self.created, "status": status,
             "error": None, "incomplete_details": None, "instructions": self.body.get("instructions"), "model": model,

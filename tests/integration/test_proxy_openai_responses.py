@@ -445,3 +445,83 @@ def test_state_that_cannot_be_read_follows_on_error(start_firewall, fake, on_err
     else:
         assert agent.responses.create(model="m", input="go on", previous_response_id="resp_1").output_text == "Noted."
     assert any(record.get("event") == "state_unavailable" for record in running.records())
+
+
+# --- going on after a refusal the firewall made (an id the upstream never issued) -----
+
+
+def _requests(running: RunningFirewall) -> list[dict[str, Any]]:
+    return [record for record in running.records() if record["direction"] == "request"]
+
+
+def test_the_fake_refuses_a_previous_response_it_did_not_issue(start_firewall, fake):
+    fake.known_responses_only = True
+    running = start_firewall(POLICY)
+    with pytest.raises(openai.BadRequestError, match="Previous response with id 'resp_fw_nowhere' not found") as raised:
+        client(running).responses.create(model="m", input="go on", previous_response_id="resp_fw_nowhere")
+    assert raised.value.code == "previous_response_not_found"
+
+
+def _refused_second_turn(start_firewall, fake) -> tuple[RunningFirewall, openai.OpenAI, Any, Any]:
+    """A strict upstream (unknown ids are refused, as OpenAI does); one turn it answers,
+    then one the firewall refuses: the firewall, the client and the two responses."""
+    fake.known_responses_only = True
+    fake.add_reply("Noted.")
+    running = start_firewall(REFUSING)
+    agent = client(running)
+    first = agent.responses.create(model="m", input="Plan the rollout.")
+    refused = agent.responses.create(model="m", input=f"Also, {VIOLENT}.", previous_response_id=first.id)
+    assert refused.id.startswith("resp_fw_") and refused.output[0].content[0].type == "refusal"
+    return running, agent, first, refused
+
+
+def test_a_conversation_goes_on_after_a_refusal_the_firewall_made(start_firewall, fake):
+    running, agent, first, refused = _refused_second_turn(start_firewall, fake)
+    third = agent.responses.create(model="m", input="Back to the rollout: what comes first?",
+                                   previous_response_id=refused.id)
+    assert third.output_text == "Noted." and len(fake.received) == 2
+    # The upstream is told the turn it knows: the blocked one never reached it.
+    assert fake.received[-1].json == {"model": "m", "input": "Back to the rollout: what comes first?",
+                                      "previous_response_id": first.id}
+    assert _requests(running)[2]["context"] == {"continues": refused.id, "seen": True, "earlier_messages": 2,
+                                                "agent": "tester", "answered_by_firewall": True,
+                                                "sent_on_as": first.id}
+    # The turn after is the upstream's own again, and is continued as it is.
+    agent.responses.create(model="m", input="And then?", previous_response_id=third.id)
+    assert fake.received[-1].json["previous_response_id"] == third.id
+    assert _requests(running)[3]["context"]["earlier_messages"] == 4  # the blocked request is not among them
+
+
+def test_two_refusals_in_a_row_one_streamed_still_resume_the_upstreams_turn(start_firewall, fake):
+    _, agent, first, refused = _refused_second_turn(start_firewall, fake)
+    with agent.responses.stream(model="m", input=f"I insist: {VIOLENT}.", previous_response_id=refused.id) as stream:
+        again = stream.get_final_response()
+    assert again.id.startswith("resp_fw_") and again.id != refused.id
+    assert agent.responses.create(model="m", input="Fine. The rollout?", previous_response_id=again.id).output_text \
+        == "Noted."
+    assert fake.received[-1].json["previous_response_id"] == first.id and len(fake.received) == 2
+
+
+def test_after_a_refused_first_turn_the_next_request_starts_afresh(start_firewall, fake):
+    fake.known_responses_only = True
+    fake.add_reply("Noted.")
+    running = start_firewall(REFUSING)
+    agent = client(running)
+    refused = agent.responses.create(model="m", input=VIOLENT)
+    assert agent.responses.create(model="m", input="Sorry. Plan the rollout.",
+                                  previous_response_id=refused.id).output_text == "Noted."
+    assert fake.received[-1].json == {"model": "m", "input": "Sorry. Plan the rollout."}
+    assert _requests(running)[1]["context"]["sent_on_as"] is None
+
+
+def test_an_answer_refused_on_its_way_back_keeps_the_upstreams_id_and_is_continued_as_it_is(start_firewall, fake):
+    fake.known_responses_only = True
+    fake.add_reply(f"Honestly, {VIOLENT}.", when="ideas")
+    fake.add_reply("Noted.")
+    running = start_firewall(REFUSING)
+    agent = client(running)
+    refused = agent.responses.create(model="m", input="ideas?")
+    assert refused.id.startswith("resp_fake")  # the upstream's: it knows this turn
+    agent.responses.create(model="m", input="Something kinder?", previous_response_id=refused.id)
+    assert fake.received[-1].json["previous_response_id"] == refused.id
+    assert "answered_by_firewall" not in _requests(running)[1]["context"]

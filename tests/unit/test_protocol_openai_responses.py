@@ -209,6 +209,13 @@ def test_a_refusal_is_a_response_the_sdk_reads_and_keeps_an_upstream_id() -> Non
     assert kept["id"] == "resp_1"  # the upstream's: a later previous_response_id still finds it
 
 
+def test_resumed_names_another_earlier_turn_or_none() -> None:
+    body = {"model": "m", "input": "x", "previous_response_id": "resp_fw_1", "store": True}
+    assert FMT.resumed(body, "resp_0") == {"model": "m", "input": "x", "previous_response_id": "resp_0", "store": True}
+    assert FMT.resumed(body, None) == {"model": "m", "input": "x", "store": True}
+    assert body["previous_response_id"] == "resp_fw_1"  # a new body: the parsed one is left as it was
+
+
 def test_continues_and_turn_ids() -> None:
     assert FMT.continues({"previous_response_id": "resp_1", "input": "x"}) == "resp_1"
     assert FMT.continues({"conversation": "conv_1"}) == FMT.continues({"conversation": {"id": "conv_1"}}) == "conv_1"

@@ -114,3 +114,32 @@ def test_a_streamed_answer_is_one_message_per_channel() -> None:
         ("assistant", "Hi", PartKind.TEXT, ()),
         ("assistant", '{"a": 1}', PartKind.TOOL_ARGUMENTS, (ToolCall("call_1", "save", '{"a": 1}'),)),
     ]
+
+
+async def test_a_refusal_made_here_resumes_the_turn_the_upstream_knows() -> None:
+    memory = TurnMemory(MemoryState())
+    before = await _chain(memory, 2)  # resp_0, resp_1: turns the upstream issued
+    await memory.remember_refusal("w", "resp_fw_a", resumes="resp_1", after=before, agent="a", ttl=60)
+    refused = await memory.recall("w", "resp_fw_a")
+    # Its own messages are not kept: the conversation is what came before it.
+    assert refused.answered_here and refused.resumes == "resp_1" and refused.turns == ("resp_fw_a", "resp_1", "resp_0")
+    assert [m.text for m in refused.messages] == ["question 0", "answer 0", "question 1", "answer 1"]
+    assert refused.audit() == {"continues": "resp_fw_a", "seen": True, "earlier_messages": 4, "agent": "a",
+                               "answered_by_firewall": True, "sent_on_as": "resp_1"}
+    # A second refusal after the first still resumes the upstream's turn, not the first refusal.
+    await memory.remember_refusal("w", "resp_fw_b", resumes="resp_fw_a", after=refused, agent="a", ttl=60)
+    again = await memory.recall("w", "resp_fw_b")
+    assert again.answered_here and again.resumes == "resp_1"
+    # A turn the upstream answered after a refusal is an ordinary turn again.
+    await memory.remember("w", ("resp_2",), _turn(2), after=again, agent="a", ttl=60)
+    after = await memory.recall("w", "resp_2")
+    assert not after.answered_here and after.resumes is None
+    assert after.turns == ("resp_2", "resp_fw_b", "resp_fw_a", "resp_1", "resp_0")
+
+
+async def test_a_refused_first_turn_resumes_nothing() -> None:
+    memory = TurnMemory(MemoryState())
+    await memory.remember_refusal("w", "resp_fw_a", resumes=None, after=None, agent="a", ttl=60)
+    refused = await memory.recall("w", "resp_fw_a")
+    assert refused.answered_here and refused.resumes is None and refused.messages == ()
+    assert refused.audit()["sent_on_as"] is None
