@@ -226,11 +226,12 @@ class FakeUpstream:
         return reply
 
     def reset(self) -> None:
-        """Forget the script and the received requests."""
+        """Forget the script and the received requests; accept any previous response id."""
         with self._lock:
             self._rules = []
             self._uses = []
             self._received = deque(maxlen=self._keep)
+            self.known_responses_only = False
 
     @property
     def received(self) -> list[ReceivedRequest]:

@@ -427,6 +427,26 @@ def test_one_process_serves_reverse_and_forward_with_one_agent_state(tmp_path, t
         running.stop()
 
 
+def test_a_responses_conversation_goes_on_after_a_refusal_the_firewall_made(tmp_path, tls_upstream, test_ca, ca_dir):
+    upstream = tls_upstream
+    upstream.fake.reset()
+    upstream.fake.known_responses_only = True  # as OpenAI: an id it did not issue is a 400
+    upstream.fake.add_reply("Noted.")
+    refusing = policy_for(upstream).replace("    action: block\n", "    action: block\n    respond: refusal\n")
+    running = start_forward(tmp_path / "refusing", refusing, test_ca, ca_dir=ca_dir)
+    try:
+        agent = running.client(upstream.url + "/v1")
+        first = agent.responses.create(model="m", input="Plan the rollout.")
+        refused = agent.responses.create(model="m", input=VIOLENT, previous_response_id=first.id)
+        assert refused.id.startswith("resp_fw_") and refused.output[0].content[0].type == "refusal"
+        third = agent.responses.create(model="m", input="Back to the rollout.", previous_response_id=refused.id)
+        assert third.output_text == "Noted."
+        assert [r.json.get("previous_response_id") for r in upstream.fake.received] == [None, first.id]
+    finally:
+        running.stop()
+        upstream.fake.reset()
+
+
 def _read_answer(connection: ssl.SSLSocket) -> bytes:
     """One HTTP/1.1 answer with a Content-Length, read whole."""
     data = b""
